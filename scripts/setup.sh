@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create .venv when missing and install visionlab (and, with --dev, the test tools and OS packages).
+# Idempotent: a stamp file records what was installed for the current pyproject.toml.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+dev=0; [ "${1:-}" = "--dev" ] && dev=1
+
+if [ "$dev" = 1 ] && [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # Fashion-MNIST comes from the OS package (tests read it); best effort, the tests say what is missing.
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+    || echo "note: could not install dataset-fashion-mnist (apt)" >&2
+fi
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+stamp=".venv/.visionlab-$( (cat pyproject.toml; echo "dev=$dev") | sha1sum | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  extras=""; [ "$dev" = 1 ] && extras="[dev]"
+  .venv/bin/python -m pip install -q -e ".$extras" 2>&1 | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import visionlab, torch, torchvision" # fail loudly when the install did not work
+  rm -f .venv/.visionlab-*; touch "$stamp"
+fi

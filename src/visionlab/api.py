@@ -1,0 +1,31 @@
+"""The public Python API, mirroring the CLI: the pipeline (run.py) plus the human report (experiments/)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import run as _run
+from .experiments.report import write_report
+
+
+def train(cfg=None, overrides: list[str] | None = None) -> _run.RunResult:
+    """Train a run (``cfg``: Config, dict, YAML path or None for the embedded default) and write its report."""
+    result = _run.train(cfg, overrides)
+    write_report(result.run_dir)
+    return result
+
+
+def evaluate(run_dir: str | Path, split: str = "test") -> dict:
+    """Re-evaluate a run's best checkpoint on ``split`` (writes eval_<split>.json) and refresh its report."""
+    metrics = _run.evaluate(run_dir, split)
+    write_report(run_dir)
+    return metrics
+
+
+def report(run_dir: str | Path) -> Path:
+    """Regenerate report.md/report.html and the plots of a run directory; returns the HTML path."""
+    return write_report(run_dir)
+
+
+load_run = _run.load_run
+predict = _run.predict
+RunResult = _run.RunResult

@@ -1,0 +1,157 @@
+"""The command line: `visionlab MODE [CONFIG.yaml] [key=value ...]`. Parses, calls the API, prints results."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .utils import ConfigError, UserError
+
+USAGE = """usage: visionlab MODE [CONFIG.yaml] [key=value ...]
+
+modes:
+  train [CONFIG.yaml] [key=value ...]    train a run (no config: the embedded MNIST-5k demo); resume=RUN_DIR continues
+  eval RUN_DIR [split=test|val|train]    re-evaluate the best checkpoint
+  predict RUN_DIR IMAGE... [topk=5]      top-k classes per image
+  report RUN_DIR                         regenerate report.md / report.html and plots
+  cfg [CONFIG.yaml] [key=value ...]      print every config key with type, default and help (or the resolved config)
+  data check ROOT                        corrupt files, duplicates (also across splits), class balance
+  data split ROOT [ratios=8:1:1] [seed=0] [out=split_manifest.csv]   seeded stratified split manifest
+"""
+
+
+def _split_args(args: list[str]) -> tuple[list[str], dict[str, str]]:
+    pos, kv = [], {}
+    for a in args:
+        if "=" in a and not Path(a).exists():
+            k, v = a.split("=", 1)
+            kv[k] = v
+        else:
+            pos.append(a)
+    return pos, kv
+
+
+def cmd_train(args: list[str]) -> int:
+    from . import api
+
+    cfg_path = args[0] if args and args[0].endswith((".yaml", ".yml")) else None
+    overrides = args[1:] if cfg_path else args
+    bad = [a for a in overrides if "=" not in a]
+    if bad:
+        raise ConfigError(f"expected key=value overrides, got {bad[0]!r}" +
+                          (" (config files end in .yaml)" if bad[0] == args[0] else ""))
+    result = api.train(cfg_path, overrides)
+    s = result.summary
+    print(f"test/acc={s['test/acc']:.4f} test/top5={s['test/top5']:.4f} test/loss={s['test/loss']:.4f} "
+          f"params={s['params']} train_s={s['timings']['train_s']:.1f}")
+    print(f"report: {result.run_dir / 'report.html'}")
+    print(result.run_dir)
+    return 0
+
+
+def cmd_eval(args: list[str]) -> int:
+    from . import api
+
+    pos, kv = _split_args(args)
+    if len(pos) != 1:
+        raise UserError("usage: visionlab eval RUN_DIR [split=test|val|train]")
+    metrics = api.evaluate(pos[0], kv.pop("split", "test"))
+    _reject_unknown(kv)
+    for k, v in metrics.items():
+        if isinstance(v, float):
+            print(f"{k}={v:.4f}")
+    return 0
+
+
+def cmd_predict(args: list[str]) -> int:
+    from . import api
+
+    pos, kv = _split_args(args)
+    if len(pos) < 2:
+        raise UserError("usage: visionlab predict RUN_DIR IMAGE [IMAGE ...] [topk=5]")
+    topk = _int(kv.pop("topk", "5"), "topk")
+    _reject_unknown(kv)
+    for image, top in zip(pos[1:], api.predict(pos[0], pos[1:], topk=topk)):
+        print(image + "\t" + "  ".join(f"{c}:{p:.3f}" for c, p in top))
+    return 0
+
+
+def cmd_report(args: list[str]) -> int:
+    from . import api
+
+    if len(args) != 1:
+        raise UserError("usage: visionlab report RUN_DIR")
+    print(api.report(args[0]))
+    return 0
+
+
+def cmd_cfg(args: list[str]) -> int:
+    from . import config as C
+
+    if args:
+        cfg_path = args[0] if args[0].endswith((".yaml", ".yml")) else None
+        print(C.dump_yaml(C.load_config(cfg_path, args[1:] if cfg_path else args)), end="")
+        return 0
+    from .models import MODELS
+
+    for key, typ, default, help_ in C.fields_table():
+        print(f"{key:<24} {typ:<6} {str(default):<12} {help_}")
+    print(f"\nmodels: {', '.join(MODELS.names())}")
+    return 0
+
+
+def cmd_data(args: list[str]) -> int:
+    from .data import check, split
+
+    pos, kv = _split_args(args)
+    if len(pos) != 2 or pos[0] not in ("check", "split"):
+        raise UserError("usage: visionlab data check ROOT | visionlab data split ROOT [ratios=8:1:1] [seed=0] [out=CSV]")
+    action, root = pos
+    if action == "check":
+        _reject_unknown(kv)
+        print(check.format_check(check.check_dataset(root)))
+        return 0
+    ratios = split.parse_ratios(kv.pop("ratios", "8:1:1"))
+    seed = _int(kv.pop("seed", "0"), "seed")
+    out = kv.pop("out", str(Path(root).name + "_split.csv"))
+    _reject_unknown(kv)
+    print(split.split_folder(root, ratios, seed, out))
+    return 0
+
+
+def _int(value: str, key: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected int, got {value!r}") from None
+
+
+def _reject_unknown(kv: dict) -> None:
+    if kv:
+        raise ConfigError(f"unknown option {next(iter(kv))!r} for this mode")
+
+
+MODES = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "cfg": cmd_cfg,
+         "data": cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    mode, args = argv[0], argv[1:]
+    if mode not in MODES:
+        from .utils import closest
+
+        hint = closest(mode, MODES)
+        print(f"error: unknown mode {mode!r}" + (f"; did you mean {hint!r}?" if hint else "") + "\n\n" + USAGE,
+              file=sys.stderr)
+        return 2
+    try:
+        return MODES[mode](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; continue with `visionlab train resume=RUN_DIR`", file=sys.stderr)
+        return 130

@@ -1,0 +1,39 @@
+"""Dataset sources behind one registry, and build_splits(cfg) -> Splits (train/val/test + dataset info)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import Registry
+from . import cifar, embedded, folder, idx
+from .base import ImageSet, Splits, channel_stats
+from .split import limit_indices
+
+DATASETS = Registry("dataset")
+DATASETS.register("mnist", idx.build_mnist)
+DATASETS.register("fashion_mnist", idx.build_fashion_mnist)
+DATASETS.register("cifar10", cifar.build_cifar10)
+DATASETS.register("cifar100", cifar.build_cifar100)
+DATASETS.register("folder", folder.build_folder)
+DATASETS.register("trashnet", folder.build_trashnet)
+DATASETS.register("mnist5k", embedded.build_mnist5k)
+DATASETS.register("digits", embedded.build_digits)
+
+__all__ = ["DATASETS", "ImageSet", "Splits", "build_splits", "channel_stats"]
+
+
+def build_splits(cfg) -> Splits:
+    """Build the dataset named by ``cfg.name`` (a DataConfig) and apply ``cfg.limit`` to every split.
+
+    The limit keeps a seeded (cfg.split_seed), stratified subsample of at most ``limit`` images per split;
+    mean/std stay those of the full train split.
+    """
+    splits = DATASETS.get(cfg.name)(cfg)
+    if cfg.limit and cfg.limit > 0:
+        for name in ("train", "val", "test"):
+            part = getattr(splits, name)
+            if part is not None and len(part) > cfg.limit:
+                setattr(splits, name, part.subset(limit_indices(part.labels, cfg.limit, cfg.split_seed)))
+        if splits.manifest is not None:
+            kept = {n for s in (splits.train, splits.val, splits.test) if s is not None for n in (s.names or [])}
+            splits.manifest = [m for m in splits.manifest if m["file"] in kept]
+    return splits

@@ -1,0 +1,87 @@
+"""What every dataset source returns: splits of uint8 images (in memory or as file paths) plus dataset info."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class ImageSet:
+    """One split. Either ``images`` (uint8 [N, H, W, C], decoded once) or ``paths`` (decoded lazily by workers)."""
+
+    labels: np.ndarray                       # int64 [N]
+    images: np.ndarray | None = None         # uint8 [N, H, W, C]
+    paths: list[str] | None = None           # one file per sample, when not in memory
+    names: list[str] | None = None           # a readable id per sample (file name or "train[123]") for galleries
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    def subset(self, idx) -> "ImageSet":
+        idx = np.asarray(idx)
+        return ImageSet(
+            labels=self.labels[idx],
+            images=None if self.images is None else self.images[idx],
+            paths=None if self.paths is None else [self.paths[i] for i in idx],
+            names=None if self.names is None else [self.names[i] for i in idx],
+        )
+
+
+@dataclass
+class DataInfo:
+    """What a model and its preprocessing need to know about a dataset; stored in every checkpoint sidecar."""
+
+    classes: list[str]
+    channels: int
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    preprocess: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataInfo":
+        return cls(list(d["classes"]), int(d["channels"]), tuple(d["image_size"]), tuple(d["mean"]), tuple(d["std"]),
+                   dict(d.get("preprocess", {})))
+
+
+@dataclass
+class Splits:
+    """train / val / test splits of one dataset and what a model needs to know about it."""
+
+    train: ImageSet
+    val: ImageSet | None
+    test: ImageSet
+    classes: list[str]
+    channels: int                            # 1 or 3
+    image_size: tuple[int, int]              # (H, W) after preprocessing
+    mean: tuple[float, ...]                  # per channel, in [0, 1] units
+    std: tuple[float, ...]
+    source: str = ""                         # human description, e.g. "MNIST IDX files in ../shared/data/mnist"
+    skipped: list[dict] = field(default_factory=list)   # [{"file": ..., "reason": ...}] unreadable inputs
+    manifest: list[dict] | None = None       # [{"file", "label", "split"}] for folder datasets
+    preprocess: dict = field(default_factory=dict)      # how a raw image becomes a sample (size, pad_square, grayscale)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def info(self) -> DataInfo:
+        return DataInfo(list(self.classes), self.channels, tuple(self.image_size), tuple(self.mean), tuple(self.std),
+                        dict(self.preprocess))
+
+
+def channel_stats(images: np.ndarray, max_images: int = 10000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] units from (a subsample of) uint8 NHWC images."""
+    x = images[:max_images].astype(np.float64) / 255.0
+    mean = x.mean(axis=(0, 1, 2))
+    std = x.std(axis=(0, 1, 2))
+    return tuple(float(m) for m in mean), tuple(float(max(s, 1e-6)) for s in std)

@@ -1,0 +1,188 @@
+"""Robust image decoding: any PIL mode -> uint8 RGB/L arrays, EXIF orientation, letterbox, resize.
+
+Bad files (empty, truncated, not an image) raise DecodeError with a short reason; callers skip and report them.
+"""
+from __future__ import annotations
+
+import functools
+import multiprocessing as mp
+import os
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+POOL_MIN_FILES = 1500        # below this a process pool costs more than it saves
+CHUNK = 256
+
+
+class DecodeError(Exception):
+    """A file that cannot be decoded into an image; ``str(e)`` is a short reason for the skip report."""
+
+
+def preprocess_dict(cfg) -> dict:
+    """The preprocessing parameters of a DataConfig, as stored in Splits.preprocess."""
+    return {"image_size": int(cfg.image_size), "pad_square": bool(cfg.pad_square), "grayscale": bool(cfg.grayscale)}
+
+
+def _to_8bit(arr: np.ndarray) -> np.ndarray:
+    """Scale a 16/32-bit or float single-channel array to uint8 by its value range (not clipping)."""
+    if arr.dtype == np.uint8:
+        return arr
+    a = arr.astype(np.float64)
+    hi = float(a.max()) if a.size else 0.0
+    lo = float(a.min()) if a.size else 0.0
+    if np.issubdtype(arr.dtype, np.floating):
+        a = a * 255.0 if (lo >= 0 and hi <= 1.0) else (a - lo) / max(hi - lo, 1e-12) * 255.0
+    elif hi <= 255 and lo >= 0:
+        pass
+    elif hi <= 65535 and lo >= 0:
+        a = a / 257.0                     # full 16-bit range 0..65535 -> 0..255
+    else:
+        a = (a - lo) / max(hi - lo, 1.0) * 255.0
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def _on_white(im: Image.Image) -> Image.Image:
+    rgba = im.convert("RGBA")
+    bg = Image.new("RGB", im.size, (255, 255, 255))
+    bg.paste(rgba, mask=rgba.getchannel("A"))
+    return bg
+
+
+def to_rgb_or_l(im: Image.Image, grayscale: bool) -> Image.Image:
+    """Convert any PIL mode to 'RGB' (or 'L'): transparency composited on white, 16-bit scaled to 8-bit."""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        im = Image.fromarray(_to_8bit(np.asarray(im)), mode="L")
+    elif mode == "1":
+        im = im.convert("L")
+    elif mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+    elif mode in ("RGB", "L") and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = _on_white(im)
+    target = "L" if grayscale else "RGB"
+    return im if im.mode == target else im.convert(target)
+
+
+def letterbox(im: Image.Image) -> Image.Image:
+    """Pad to a square, centred, with the image's mean colour (less of an edge than black)."""
+    w, h = im.size
+    if w == h:
+        return im
+    s = max(w, h)
+    mean = np.asarray(im).reshape(-1, len(im.getbands())).mean(0)
+    fill = int(round(mean[0])) if im.mode == "L" else tuple(int(round(m)) for m in mean)
+    out = Image.new(im.mode, (s, s), fill)
+    out.paste(im, ((s - w) // 2, (s - h) // 2))
+    return out
+
+
+def _open(path) -> Image.Image:
+    try:
+        if os.path.getsize(path) == 0:
+            raise DecodeError("empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")           # corrupt EXIF etc. warn; we judge by load() below
+            im = Image.open(path)
+            im.load()
+    except DecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise DecodeError("not an image (unrecognized format)") from None
+    except Image.DecompressionBombError as e:
+        raise DecodeError(f"too large: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        msg = str(e) or type(e).__name__
+        reason = "truncated" if "truncat" in msg.lower() else "corrupt"
+        raise DecodeError(f"{reason}: {msg}"[:160]) from None
+    try:
+        im = ImageOps.exif_transpose(im)
+    except Exception:                                 # broken EXIF: keep the pixels as stored
+        pass
+    return im
+
+
+def load_image(path, preprocess: dict) -> np.ndarray:
+    """Decode one file into uint8 HWC (C = 3, or 1 when grayscale); raises DecodeError for bad files.
+
+    ``preprocess`` is Splits.preprocess: image_size (0 = native), pad_square, grayscale.
+    """
+    im = to_rgb_or_l(_open(path), bool(preprocess.get("grayscale")))
+    if preprocess.get("pad_square"):
+        im = letterbox(im)
+    size = int(preprocess.get("image_size") or 0)
+    if size and im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)   # PIL's bilinear widens its support when shrinking
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def try_load(path, preprocess: dict):
+    """(array, None) or (None, reason): never raises for a bad file."""
+    try:
+        return load_image(path, preprocess), None
+    except DecodeError as e:
+        return None, str(e)
+    except Exception as e:                            # anything else PIL throws at a hostile file
+        return None, f"unreadable: {type(e).__name__}: {e}"[:160]
+
+
+def probe(path) -> tuple[tuple[int, int] | None, str | None]:
+    """Cheap header check: ((width, height), None) or (None, reason). Truncation is only found by decoding."""
+    try:
+        if os.path.getsize(path) == 0:
+            return None, "empty file (0 bytes)"
+        with Image.open(path) as im:
+            return im.size, None
+    except UnidentifiedImageError:
+        return None, "not an image (unrecognized format)"
+    except Exception as e:
+        return None, f"unreadable: {e}"[:160]
+
+
+def _load_chunk(paths, preprocess):
+    return [try_load(p, preprocess) for p in paths]
+
+
+def _probe_chunk(paths):
+    return [probe(p) for p in paths]
+
+
+def map_files(fn_chunk, items: list, workers: int | None = None) -> list:
+    """Apply a per-chunk function over ``items`` in a process pool (serially when small), keeping order."""
+    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+    workers = min(workers or os.cpu_count() or 1, 8)
+    if len(items) < POOL_MIN_FILES or workers < 2:
+        return [r for c in chunks for r in fn_chunk(c)]
+    with mp.get_context().Pool(workers) as pool:
+        return [r for rs in pool.imap(fn_chunk, chunks) for r in rs]
+
+
+def decode_files(paths: list[str], preprocess: dict, workers: int | None = None):
+    """Decode many files (process pool over all cores): list of (array or None, reason or None)."""
+    return map_files(functools.partial(_load_chunk, preprocess=dict(preprocess)), list(paths), workers)
+
+
+def probe_files(paths: list[str], workers: int | None = None):
+    """Header-check many files: list of ((w, h) or None, reason or None)."""
+    return map_files(_probe_chunk, paths, workers)
+
+
+def convert_array(images: np.ndarray, preprocess: dict) -> np.ndarray:
+    """Apply grayscale / resize preprocessing to uint8 NHWC arrays (array sources like MNIST, CIFAR)."""
+    if preprocess.get("grayscale") and images.shape[3] == 3:
+        w = np.array([299, 587, 114], dtype=np.uint32)   # ITU-R 601-2, as PIL's convert("L")
+        images = ((images.astype(np.uint32) @ w + 500) // 1000).astype(np.uint8)[..., None]
+    size = int(preprocess.get("image_size") or 0)
+    if size and images.shape[1:3] != (size, size):
+        mode = "L" if images.shape[3] == 1 else "RGB"
+        out = np.empty((len(images), size, size, images.shape[3]), np.uint8)
+        for i, a in enumerate(images):
+            im = Image.fromarray(a[..., 0] if mode == "L" else a, mode=mode)
+            out[i] = np.asarray(im.resize((size, size), Image.BILINEAR)).reshape(size, size, -1)
+        images = out
+    return images

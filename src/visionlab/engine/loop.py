@@ -1,0 +1,180 @@
+"""The training loop: task-agnostic. Mixed precision, clipping, EMA, checkpoints, early stopping, logging."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .checkpoint import save_checkpoint
+from .logging import EpochLogger, progress
+from .precision import autocast
+
+
+@dataclass
+class FitState:
+    """Where training stands; saved (as JSON) in every last.* checkpoint so a killed run resumes exactly."""
+
+    epoch: int = 0                   # epoch in progress (0-based)
+    batch: int = 0                   # next batch within that epoch
+    step: int = 0                    # optimizer steps taken
+    best: float | None = None        # best value of the primary metric
+    best_epoch: int = -1
+    bad_epochs: int = 0              # epochs since the best, for early stopping
+    train_s: float = 0.0             # seconds spent in training batches
+    running: dict = field(default_factory=dict)   # sums over the current epoch so far
+    history: list = field(default_factory=list)   # one row per finished epoch
+    finished: bool = False
+
+
+@dataclass
+class FitContext:
+    """Everything fit() needs besides the task and data."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    cfg: object                      # TrainConfig
+    run_dir: Path
+    device: torch.device
+    precision: str                   # fp32 | bf16 | fp16
+    sidecar: dict                    # classes, preprocessing, config, versions: travels with each checkpoint
+    generators: dict                 # name -> torch.Generator whose state must survive a resume
+    ema: torch.nn.Module | None = None
+    scaler: torch.amp.GradScaler | None = None
+
+
+def _to(batch, device):
+    return [t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch]
+
+
+def evaluate(task, loader, device, precision: str, collect_examples: bool = False, model=None) -> dict:
+    """Run ``task.validation_step`` over ``loader`` (optionally with another model, e.g. the EMA) -> metrics."""
+    original = task.model
+    task.model = model if model is not None else original
+    task.model.eval()
+    task.reset_metrics(collect_examples=collect_examples)
+    with torch.no_grad(), autocast(device, precision):
+        for batch in loader:
+            task.validation_step(_to(batch, device))
+    task.model = original
+    return task.compute_metrics()
+
+
+def train_state(task, ctx: FitContext, state: FitState) -> dict:
+    rng = {"torch": torch.get_rng_state()}
+    rng.update({f"gen_{k}": g.get_state() for k, g in ctx.generators.items()})
+    if ctx.device.type == "cuda":
+        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return {"optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(), "rng": rng,
+            "ema": ctx.ema.state_dict() if ctx.ema is not None else None, "fit": asdict(state)}
+
+
+def restore(task, ctx: FitContext, ts: dict) -> FitState:
+    """Restore optimizer, scheduler, EMA and RNG states from a checkpoint's train_state; return the position."""
+    ctx.optimizer.load_state_dict(ts["optimizer"])
+    ctx.scheduler.load_state_dict(ts["scheduler"])
+    if ctx.ema is not None and ts.get("ema"):
+        ctx.ema.load_state_dict(ts["ema"])
+    rng = ts["rng"]
+    torch.set_rng_state(rng["torch"])
+    for k, g in ctx.generators.items():
+        g.set_state(rng[f"gen_{k}"])
+    if ctx.device.type == "cuda":
+        torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng])
+    return FitState(**ts["fit"])
+
+
+def _save_last(task, ctx: FitContext, state: FitState) -> None:
+    save_checkpoint(ctx.run_dir / "checkpoints" / "last.safetensors", task.model.state_dict(),
+                    {**ctx.sidecar, "epoch": state.epoch, "step": state.step}, train_state(task, ctx, state))
+
+
+def _save_best(task, ctx: FitContext, state: FitState) -> None:
+    model = ctx.ema.module if ctx.ema is not None else task.model
+    save_checkpoint(ctx.run_dir / "checkpoints" / "best.safetensors", model.state_dict(),
+                    {**ctx.sidecar, "epoch": state.best_epoch, "best": state.best})
+
+
+def _train_step(task, ctx: FitContext, batch) -> dict:
+    with autocast(ctx.device, ctx.precision):
+        out = task.training_step(batch)
+    loss = out["loss"]
+    ctx.optimizer.zero_grad(set_to_none=True)
+    if ctx.scaler is not None:
+        ctx.scaler.scale(loss).backward()
+        ctx.scaler.unscale_(ctx.optimizer)
+    else:
+        loss.backward()
+    if ctx.cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(task.model.parameters(), ctx.cfg.grad_clip)
+    if ctx.scaler is not None:
+        ctx.scaler.step(ctx.optimizer)
+        ctx.scaler.update()
+    else:
+        ctx.optimizer.step()
+    ctx.scheduler.step()
+    if ctx.ema is not None:
+        ctx.ema.update_parameters(task.model)
+    return out
+
+
+def _run_epoch(task, train_loader, ctx: FitContext, state: FitState) -> None:
+    task.model.train()
+    train_loader.set_position(state.epoch, state.batch)
+    run = state.running or {"n": 0, "loss": 0.0, "acc": 0.0, "seconds": 0.0}
+    bar = progress(train_loader, state, ctx.cfg)
+    t0 = time.perf_counter()
+    for batch in bar:
+        batch = _to(batch, ctx.device)
+        n = len(batch[-1])
+        out = _train_step(task, ctx, batch)
+        run["n"] += n
+        run["loss"] += float(out["loss"].detach()) * n
+        run["acc"] += float(out.get("acc", 0.0)) * n
+        state.batch += 1
+        state.step += 1
+        if state.batch % 25 == 0:
+            secs = run["seconds"] + time.perf_counter() - t0
+            bar.set_postfix(loss=f"{run['loss'] / run['n']:.4f}", acc=f"{run['acc'] / run['n']:.4f}",
+                            img_s=f"{run['n'] / max(secs, 1e-9):.0f}", refresh=False)
+        if ctx.cfg.checkpoint_every and state.step % ctx.cfg.checkpoint_every == 0:
+            state.running = {**run, "seconds": run["seconds"] + time.perf_counter() - t0}
+            _save_last(task, ctx, state)
+    bar.close()
+    run["seconds"] += time.perf_counter() - t0
+    state.running = run
+
+
+def fit(task, train_loader, val_loader, ctx: FitContext, state: FitState | None = None) -> FitState:
+    """Train ``task.model`` for ``cfg.epochs`` epochs from ``state`` (a fresh start when None)."""
+    state = state or FitState()
+    metric, mode = task.primary_metric
+    logger = EpochLogger(ctx.run_dir, ctx.cfg.tensorboard, purge_step=state.epoch)
+    while state.epoch < ctx.cfg.epochs and not state.finished:
+        _run_epoch(task, train_loader, ctx, state)
+        run = state.running
+        row = {"epoch": state.epoch + 1, "step": state.step, "lr": ctx.optimizer.param_groups[0]["lr"],
+               "train/loss": run["loss"] / max(run["n"], 1), "train/acc": run["acc"] / max(run["n"], 1)}
+        if val_loader is not None:
+            model = ctx.ema.module if ctx.ema is not None else None
+            vm = evaluate(task, val_loader, ctx.device, ctx.precision, model=model)
+            row.update({f"val/{k}": v for k, v in vm.items() if isinstance(v, (int, float))})
+        row.update({"epoch_s": run["seconds"], "img_per_s": run["n"] / max(run["seconds"], 1e-9)})
+        state.train_s += run["seconds"]
+        state.history.append(row)
+        value = row.get(metric)
+        improved = value is None or state.best is None or (value > state.best if mode == "max" else value < state.best)
+        if improved:       # no validation split: the newest epoch counts as best
+            state.best, state.best_epoch, state.bad_epochs = value, state.epoch + 1, 0
+        else:
+            state.bad_epochs += 1
+        state.epoch, state.batch, state.running = state.epoch + 1, 0, {}
+        if ctx.cfg.early_stop and state.bad_epochs >= ctx.cfg.early_stop:
+            state.finished = True
+        if improved:
+            _save_best(task, ctx, state)
+        _save_last(task, ctx, state)          # the checkpoint first, then the logs derived from it
+        logger.log(state.history)
+    logger.close()
+    return state

@@ -1,0 +1,68 @@
+"""Optimizers and learning-rate schedules built from the `optim` config section."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..utils import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "rmsprop")
+SCHEDULERS = ("none", "step", "multistep", "cosine", "onecycle")
+
+
+def build_optimizer(param_groups, cfg) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov), Adam, AdamW, NAdam or RMSprop, with weight decay."""
+    name, lr, wd = cfg.name.lower(), cfg.lr, cfg.weight_decay
+    betas = tuple(cfg.betas)
+    if name == "sgd":
+        return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
+    if name == "adam":
+        return torch.optim.Adam(param_groups, lr=lr, betas=betas, weight_decay=wd)
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups, lr=lr, betas=betas, weight_decay=wd)
+    if name == "nadam":
+        return torch.optim.NAdam(param_groups, lr=lr, betas=betas, weight_decay=wd)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(param_groups, lr=lr, momentum=cfg.momentum, weight_decay=wd)
+    raise ConfigError(f"optim.name: unknown optimizer {cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def lr_multiplier(cfg, epochs: int, steps_per_epoch: int):
+    """A function step -> lr factor. Epoch-based schedules (step, multistep) change at epoch boundaries,
+    exactly like torch's StepLR/MultiStepLR stepped once per epoch; cosine and one-cycle change every step."""
+    total = max(1, epochs * steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    kind = cfg.scheduler.lower()
+    if kind not in SCHEDULERS:
+        raise ConfigError(f"optim.scheduler: unknown schedule {cfg.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+    floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+
+    def main(step: int) -> float:
+        epoch = step // steps_per_epoch
+        if kind == "step":
+            return cfg.gamma ** (epoch // max(1, cfg.step_size))
+        if kind == "multistep":
+            return cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+        if kind == "cosine":
+            t = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        if kind == "onecycle":      # Smith 2018, torch's OneCycleLR defaults: 30 % up from lr/25, cosine down to lr/1e4
+            up = max(1, int(0.3 * total))
+            if step < up:
+                return 1 / 25 + (1 - 1 / 25) * 0.5 * (1 - math.cos(math.pi * step / up))
+            t = min(1.0, (step - up) / max(1, total - up))
+            return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * t))
+        return 1.0
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup * main(warmup)
+        return main(step)
+
+    return factor
+
+
+def build_scheduler(optimizer, cfg, epochs: int, steps_per_epoch: int):
+    """A LambdaLR stepped once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg, epochs, steps_per_epoch))

@@ -1,0 +1,230 @@
+"""THE PIPELINE: train(cfg) -> run directory; evaluate, predict and load_run read that directory back."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config as C
+from .data import build_splits
+from .data.base import DataInfo
+from .data.loaders import build_loader
+from .engine import (FitContext, build_optimizer, build_scheduler, evaluate as run_eval, fit, load_checkpoint,
+                     resolve_precision, restore)
+from .engine.rundir import latest_run_dir, new_run_dir, versions, write_env
+from .models import count_params, flops_per_image
+from .tasks import TASKS
+from .utils import UserError, atomic_write_text, resolve_device, seed_everything, write_json
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    summary: dict
+
+    @property
+    def test_acc(self) -> float:
+        return self.summary["test/acc"]
+
+
+def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] | None = None) -> RunResult:
+    """Train one run and return its directory and test summary. ``cfg``: a Config, a dict, a YAML path or None.
+
+    The human report (L4, experiments/report.py) is written by the public ``visionlab.train``, not here."""
+    cfg = _as_config(cfg, overrides)
+    resume_dir = _resume_dir(cfg)
+    if resume_dir is not None:
+        cfg = C.load_config(resume_dir / "config.yaml")
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    run_dir = resume_dir or new_run_dir(cfg.out_dir, cfg.name or "default")
+    if resume_dir is None:
+        atomic_write_text(run_dir / "config.yaml", C.dump_yaml(cfg))
+    write_env(run_dir, device, precision)
+    seed_everything(cfg.seed)
+
+    splits = build_splits(cfg.data)
+    _write_data_reports(splits, run_dir)
+    info = splits.info()
+    gen = torch.Generator().manual_seed(cfg.seed + 1)          # augmentation randomness, saved in checkpoints
+    task = TASKS.get(cfg.task)(cfg, info, gen)
+    task.model.to(device)
+    if cfg.train.channels_last:
+        task.model.to(memory_format=torch.channels_last)
+    train_loader = build_loader(splits.train, cfg.train.batch_size, True, cfg.seed, info.preprocess,
+                                cfg.data.num_workers)
+    val_loader = _eval_loader(splits.val, cfg, info)
+    optimizer = build_optimizer(task.param_groups(cfg.optim), cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, len(train_loader))
+    ctx = FitContext(optimizer, scheduler, cfg.train, run_dir, device, precision, _sidecar(cfg, info),
+                     {"augment": gen}, ema=_build_ema(task.model, cfg.train.ema_decay),
+                     scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None)
+    state = None
+    if resume_dir is not None:
+        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.safetensors", with_train_state=True)
+        task.model.load_state_dict(ckpt["weights"])
+        state = restore(task, ctx, ckpt["train_state"])
+        print(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch}", flush=True)
+    state = fit(task, train_loader, val_loader, ctx, state)
+
+    summary = {"task": cfg.task, "dataset": cfg.data.name, "model": cfg.model.name, "classes": info.classes,
+               "params": count_params(task.model),
+               "flops_per_image": flops_per_image(task.model, info.channels, info.image_size),
+               "best_epoch": state.best_epoch, "epochs_run": state.epoch, "best/val/acc": state.best,
+               "device": str(device), "precision": precision, "data_source": splits.source,
+               "train_size": len(splits.train), "val_size": len(splits.val) if splits.val else 0,
+               "test_size": len(splits.test)}
+    t0 = time.perf_counter()
+    metrics = _evaluate_split(task, run_dir, splits.test, cfg, info, device, precision, keep_errors=True)
+    rates = [r["img_per_s"] for r in state.history]
+    summary.update({f"test/{k}": v for k, v in metrics.items() if k not in ("confusion", "per_class")})
+    summary.update({"split": "test", "per_class": metrics["per_class"], "confusion": metrics["confusion"],
+                    "timings": {"train_s": state.train_s, "eval_s": time.perf_counter() - t0,
+                                "train_img_per_s": float(np.mean(rates)) if rates else None}})
+    write_json(run_dir / "summary.json", summary)
+    return RunResult(run_dir, summary)
+
+
+def evaluate(run_dir: str | Path, split: str = "test") -> dict:
+    """Re-evaluate the best checkpoint of a run on one split; writes eval_<split>.json and returns the metrics."""
+    run = load_run(run_dir)
+    splits = build_splits(run.cfg.data)
+    part = {"train": splits.train, "val": splits.val, "test": splits.test}.get(split, "missing")
+    if part == "missing":
+        raise UserError(f"split must be train, val or test, got {split!r}")
+    if part is None:
+        raise UserError(f"{run.run_dir} has no {split} split (data.val_fraction was 0?)")
+    metrics = _evaluate_split(run.task, run.run_dir, part, run.cfg, run.info, run.device, run.precision,
+                              keep_errors=False)
+    out = {f"{split}/{k}": v for k, v in metrics.items()}
+    write_json(run.run_dir / f"eval_{split}.json", out)
+    return out
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    cfg: C.Config
+    info: DataInfo
+    task: object
+    device: torch.device
+    precision: str
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.task.model
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+
+def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
+    """Rebuild a run's task and model from its directory, with the best checkpoint's weights, in eval mode."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass a folder made by `visionlab train`")
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "best.safetensors")
+    cfg = C.from_dict(ckpt["sidecar"]["config"])
+    cfg.model.pretrained, cfg.model.weights = False, ""      # the checkpoint has the weights
+    info = DataInfo.from_dict(ckpt["sidecar"]["data"])
+    dev = resolve_device(device)
+    task = TASKS.get(cfg.task)(cfg, info, torch.Generator())
+    task.model.load_state_dict(ckpt["weights"])
+    task.model.to(dev).eval()
+    return LoadedRun(run_dir, cfg, info, task, dev, resolve_precision(cfg.train.precision, dev))
+
+
+def predict(run_dir: str | Path | LoadedRun, images, topk: int = 5) -> list[list[tuple[str, float]]]:
+    """Top-k (class, probability) per image. ``images``: file paths or uint8 HWC arrays, preprocessed like the data."""
+    from .data.decode import load_image
+
+    run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
+    pre = run.info.preprocess
+    arrays = [load_image(str(im), pre) if isinstance(im, (str, Path)) else np.asarray(im, dtype=np.uint8)
+              for im in images]
+    batch = torch.from_numpy(np.stack([a if a.ndim == 3 else a[..., None] for a in arrays])).to(run.device)
+    probs = run.task.predict(batch).cpu()
+    k = min(topk, probs.shape[1])
+    top = probs.topk(k, dim=1)
+    return [[(run.classes[int(i)], float(p)) for p, i in zip(ps, ids)] for ps, ids in zip(top.values, top.indices)]
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------------
+
+def _as_config(cfg, overrides) -> C.Config:
+    if cfg is None or isinstance(cfg, (str, Path)):
+        return C.load_config(cfg, overrides)
+    if isinstance(cfg, dict):
+        return C.from_dict(C.merge(cfg, C.parse_overrides(overrides or [])))
+    if overrides:
+        return C.from_dict(C.merge(C.to_dict(cfg), C.parse_overrides(overrides)))
+    return copy.deepcopy(cfg)
+
+
+def _resume_dir(cfg: C.Config) -> Path | None:
+    if not cfg.resume or cfg.resume.lower() in ("false", "no", "0"):
+        return None
+    if cfg.resume.lower() in ("true", "yes", "1"):
+        found = latest_run_dir(cfg.out_dir, cfg.name or "default")
+        if found is None:
+            raise UserError(f"resume=true: no run named {cfg.name or 'default'!r} with a last checkpoint in "
+                            f"{cfg.out_dir}/; pass resume=RUN_DIR")
+        return found
+    path = Path(cfg.resume)
+    if not (path / "checkpoints" / "last.safetensors").is_file():
+        raise UserError(f"resume={path}: no checkpoints/last.safetensors there; was the run started? "
+                        "(start it without resume, or pass the run directory printed by `visionlab train`)")
+    return path
+
+
+def _sidecar(cfg: C.Config, info: DataInfo) -> dict:
+    return {"task": cfg.task, "model": cfg.model.name, "classes": info.classes, "data": asdict(info),
+            "config": C.to_dict(cfg), "versions": versions()}
+
+
+def _build_ema(model, decay: float):
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def _eval_loader(split, cfg: C.Config, info: DataInfo):
+    if split is None:
+        return None
+    return build_loader(split, cfg.train.eval_batch_size, False, cfg.seed, info.preprocess, cfg.data.num_workers)
+
+
+def _evaluate_split(task, run_dir, split, cfg, info, device, precision, keep_errors: bool) -> dict:
+    if keep_errors:
+        best = load_checkpoint(Path(run_dir) / "checkpoints" / "best.safetensors")
+        task.model.load_state_dict(best["weights"])
+    metrics = run_eval(task, _eval_loader(split, cfg, info), device, precision, collect_examples=keep_errors)
+    if keep_errors:
+        _write_errors(task, split, run_dir)
+    return metrics
+
+
+def _write_errors(task, split, run_dir) -> None:
+    ex = task.examples() if hasattr(task, "examples") else None
+    if ex is None:
+        return
+    names = [split.names[i] if split.names else f"test[{i}]" for i in ex["index"]]
+    np.savez(Path(run_dir) / "errors.npz", **ex, names=np.array(names, dtype=str))
+
+
+def _write_data_reports(splits, run_dir: Path) -> None:
+    from .data.check import write_data_report
+    from .data.split import write_manifest
+
+    write_data_report(splits, run_dir)
+    if splits.manifest:
+        write_manifest(splits.manifest, run_dir / "split_manifest.csv")
