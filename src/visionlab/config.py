@@ -151,6 +151,11 @@ def coerce(key: str, value, t):
     """Check ``value`` against type ``t``; ints are accepted for floats and 'true'/'false' for bools."""
     if t is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if t is float and isinstance(value, str):          # YAML 1.1 reads "3e-4" (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if t is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if t is str and isinstance(value, bool):

@@ -1,8 +1,6 @@
 """Dataset sources behind one registry, and build_splits(cfg) -> Splits (train/val/test + dataset info)."""
 from __future__ import annotations
 
-import numpy as np
-
 from ..registry import Registry
 from . import cifar, embedded, folder, idx
 from .base import ImageSet, Splits, channel_stats
@@ -24,8 +22,9 @@ __all__ = ["DATASETS", "ImageSet", "Splits", "build_splits", "channel_stats"]
 def build_splits(cfg) -> Splits:
     """Build the dataset named by ``cfg.name`` (a DataConfig) and apply ``cfg.limit`` to every split.
 
-    The limit keeps a seeded (cfg.split_seed), stratified subsample of at most ``limit`` images per split;
-    mean/std stay those of the full train split.
+    The limit keeps a seeded (cfg.split_seed), stratified subsample of at most ``limit`` images per split.
+    Array sources compute mean/std on the full train split; folder sources apply the same limit before
+    decoding (only the kept files are read), so their mean/std come from the kept train images.
     """
     splits = DATASETS.get(cfg.name)(cfg)
     if cfg.limit and cfg.limit > 0:

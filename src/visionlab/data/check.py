@@ -133,7 +133,8 @@ def write_data_report(splits, run_dir) -> dict:
     run_dir = Path(run_dir)
     write_json(run_dir / "data_report.json", s)
     names = list(s["counts"])
-    rows = [[c] + [s["counts"][n][c] for n in names] for c in s["classes"]] + [["total"] + [s["totals"][n] for n in names]]
+    rows = [[c] + [s["counts"][n][c] for n in names] for c in s["classes"]]
+    rows.append(["total"] + [s["totals"][n] for n in names])
     md = [f"# Data report\n", f"Source: {s['source']}  ", f"Images: {s['channels']} channel(s), "
           f"{s['image_size'][0]}x{s['image_size'][1]}; preprocess: {s['preprocess']}\n",
           "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]

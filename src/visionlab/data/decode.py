@@ -35,10 +35,10 @@ def _to_8bit(arr: np.ndarray) -> np.ndarray:
     lo = float(a.min()) if a.size else 0.0
     if np.issubdtype(arr.dtype, np.floating):
         a = a * 255.0 if (lo >= 0 and hi <= 1.0) else (a - lo) / max(hi - lo, 1e-12) * 255.0
-    elif hi <= 255 and lo >= 0:
-        pass
-    elif hi <= 65535 and lo >= 0:
-        a = a / 257.0                     # full 16-bit range 0..65535 -> 0..255
+    elif arr.dtype.itemsize == 2 or (lo >= 0 and 255 < hi <= 65535):
+        a = a / 257.0                     # 16-bit: the full range 0..65535 -> 0..255, whatever this image's max
+    elif lo >= 0 and hi <= 255:
+        pass                              # 32-bit container holding 8-bit values
     else:
         a = (a - lo) / max(hi - lo, 1.0) * 255.0
     return np.clip(np.rint(a), 0, 255).astype(np.uint8)
@@ -55,7 +55,7 @@ def to_rgb_or_l(im: Image.Image, grayscale: bool) -> Image.Image:
     """Convert any PIL mode to 'RGB' (or 'L'): transparency composited on white, 16-bit scaled to 8-bit."""
     mode = im.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        im = Image.fromarray(_to_8bit(np.asarray(im)), mode="L")
+        im = Image.fromarray(_to_8bit(np.asarray(im)))
     elif mode == "1":
         im = im.convert("L")
     elif mode == "P":
@@ -109,14 +109,15 @@ def _open(path) -> Image.Image:
 def load_image(path, preprocess: dict) -> np.ndarray:
     """Decode one file into uint8 HWC (C = 3, or 1 when grayscale); raises DecodeError for bad files.
 
-    ``preprocess`` is Splits.preprocess: image_size (0 = native), pad_square, grayscale.
+    ``preprocess`` is Splits.preprocess: image_size (0 = native, N = NxN, or [H, W]), pad_square, grayscale.
     """
     im = to_rgb_or_l(_open(path), bool(preprocess.get("grayscale")))
     if preprocess.get("pad_square"):
         im = letterbox(im)
-    size = int(preprocess.get("image_size") or 0)
-    if size and im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)   # PIL's bilinear widens its support when shrinking
+    size = preprocess.get("image_size") or 0
+    wh = (int(size[1]), int(size[0])) if isinstance(size, (list, tuple)) else (int(size), int(size))
+    if size and im.size != wh:
+        im = im.resize(wh, Image.BILINEAR)            # PIL's bilinear widens its support when shrinking
     arr = np.asarray(im, dtype=np.uint8)
     return arr[:, :, None] if arr.ndim == 2 else arr
 
@@ -129,6 +130,26 @@ def try_load(path, preprocess: dict):
         return None, str(e)
     except Exception as e:                            # anything else PIL throws at a hostile file
         return None, f"unreadable: {type(e).__name__}: {e}"[:160]
+
+
+def verify(path) -> str | None:
+    """None when the file decodes fully (the lazy path's check), else the reason it would be skipped."""
+    try:
+        to_rgb_or_l(_open(path), False)
+        return None
+    except DecodeError as e:
+        return str(e)
+    except Exception as e:
+        return f"unreadable: {type(e).__name__}: {e}"[:160]
+
+
+def _verify_chunk(paths):
+    return [verify(p) for p in paths]
+
+
+def verify_files(paths: list[str], workers: int | None = None) -> list:
+    """Fully decode (and drop) many files in a process pool: a reason per file, None for good ones."""
+    return map_files(_verify_chunk, list(paths), workers)
 
 
 def probe(path) -> tuple[tuple[int, int] | None, str | None]:
@@ -145,44 +166,50 @@ def probe(path) -> tuple[tuple[int, int] | None, str | None]:
 
 
 def _load_chunk(paths, preprocess):
-    return [try_load(p, preprocess) for p in paths]
+    res = [try_load(p, preprocess) for p in paths]
+    shapes = {a.shape for a, _ in res if a is not None}
+    if len(shapes) == 1:                  # one stacked array pickles back far cheaper than many small ones
+        return [(np.stack([a for a, _ in res if a is not None]), [r for _, r in res])]
+    return [(None, res)]
 
 
-def _probe_chunk(paths):
-    return [probe(p) for p in paths]
+def _run_chunks(fn_chunk, items: list, workers: int | None) -> list:
+    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+    workers = min(workers or os.cpu_count() or 1, 8)
+    if len(items) < POOL_MIN_FILES or workers < 2:
+        return [fn_chunk(c) for c in chunks]
+    with mp.get_context().Pool(workers) as pool:
+        return list(pool.imap(fn_chunk, chunks))
 
 
 def map_files(fn_chunk, items: list, workers: int | None = None) -> list:
     """Apply a per-chunk function over ``items`` in a process pool (serially when small), keeping order."""
-    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
-    workers = min(workers or os.cpu_count() or 1, 8)
-    if len(items) < POOL_MIN_FILES or workers < 2:
-        return [r for c in chunks for r in fn_chunk(c)]
-    with mp.get_context().Pool(workers) as pool:
-        return [r for rs in pool.imap(fn_chunk, chunks) for r in rs]
+    return [r for rs in _run_chunks(fn_chunk, items, workers) for r in rs]
 
 
 def decode_files(paths: list[str], preprocess: dict, workers: int | None = None):
     """Decode many files (process pool over all cores): list of (array or None, reason or None)."""
-    return map_files(functools.partial(_load_chunk, preprocess=dict(preprocess)), list(paths), workers)
-
-
-def probe_files(paths: list[str], workers: int | None = None):
-    """Header-check many files: list of ((w, h) or None, reason or None)."""
-    return map_files(_probe_chunk, paths, workers)
+    out = []
+    for stacked, res in map_files(functools.partial(_load_chunk, preprocess=dict(preprocess)), list(paths), workers):
+        if stacked is None:
+            out.extend(res)
+            continue
+        it = iter(stacked)
+        out.extend((None, r) if r is not None else (next(it), None) for r in res)
+    return out
 
 
 def convert_array(images: np.ndarray, preprocess: dict) -> np.ndarray:
     """Apply grayscale / resize preprocessing to uint8 NHWC arrays (array sources like MNIST, CIFAR)."""
     if preprocess.get("grayscale") and images.shape[3] == 3:
-        w = np.array([299, 587, 114], dtype=np.uint32)   # ITU-R 601-2, as PIL's convert("L")
+        w = np.array([299, 587, 114], dtype=np.uint32)   # ITU-R 601-2 luma weights, as PIL's convert("L")
         images = ((images.astype(np.uint32) @ w + 500) // 1000).astype(np.uint8)[..., None]
     size = int(preprocess.get("image_size") or 0)
     if size and images.shape[1:3] != (size, size):
-        mode = "L" if images.shape[3] == 1 else "RGB"
+        gray = images.shape[3] == 1
         out = np.empty((len(images), size, size, images.shape[3]), np.uint8)
         for i, a in enumerate(images):
-            im = Image.fromarray(a[..., 0] if mode == "L" else a, mode=mode)
+            im = Image.fromarray(a[..., 0] if gray else a)
             out[i] = np.asarray(im.resize((size, size), Image.BILINEAR)).reshape(size, size, -1)
         images = out
     return images

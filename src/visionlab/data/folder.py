@@ -14,8 +14,8 @@ from ..config import data_root
 from ..utils import UserError
 from . import cache
 from .base import ImageSet, channel_stats
-from .decode import IMAGE_EXTS, decode_files, preprocess_dict, probe, probe_files, try_load
-from .split import holdout, make_splits, missing_data_error, split_train_val_test
+from .decode import IMAGE_EXTS, decode_files, preprocess_dict, probe, try_load, verify_files
+from .split import holdout, limit_indices, make_splits, missing_data_error, split_train_val_test
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 STATS_SAMPLE = 500
@@ -120,7 +120,7 @@ def _decode_all(cfg, name: str, listing: Listing, pre: dict):
     """(images uint8 NHWC, index of decoded entries, skipped) for every entry, through the cache."""
     ident = [(e.rel, e.size, e.mtime_ns) for e in listing.entries]
     key = cache.make_key(name, ident, pre)
-    slot = cache.make_key(name, str(listing.root.resolve()), pre)
+    slot = cache.make_key(name, str(listing.root.resolve()), pre, cfg.limit)   # a quick run keeps the full cache
 
     def build():
         results = decode_files([str(listing.root / e.rel) for e in listing.entries], pre)
@@ -140,6 +140,18 @@ def _decode_all(cfg, name: str, listing: Listing, pre: dict):
     return arrays["images"], arrays["ok"], skipped
 
 
+def _limit(listing: Listing, split_of: np.ndarray, limit: int, seed: int):
+    labels = np.array([e.label for e in listing.entries], np.int64)
+    keep = []
+    for s in ("train", "val", "test"):
+        idx = np.flatnonzero(split_of == s)
+        keep.append(idx[limit_indices(labels[idx], limit, seed)])
+    keep = np.sort(np.concatenate(keep))
+    entries = [listing.entries[i] for i in keep]
+    return Listing(listing.root, listing.layout, listing.classes, entries, listing.ignored, listing.split_dirs), \
+        split_of[keep]
+
+
 def _native_size(listing: Listing) -> tuple[int, int]:
     for e in listing.entries[:50]:
         size, _ = probe(listing.root / e.rel)
@@ -148,16 +160,23 @@ def _native_size(listing: Listing) -> tuple[int, int]:
     return 0, 0
 
 
-def _lazy(cfg, listing: Listing, pre: dict):
-    """(index of entries that pass a header check, skipped); truncated files only show when decoded."""
+def _lazy(cfg, name: str, listing: Listing, pre: dict):
+    """(index of entries that decode, skipped): one full verify pass, cached, so workers never meet a bad file."""
     if not pre["image_size"]:
         raise UserError(f"{listing.root} is decoded lazily (too big for memory or data.in_memory=false): "
                         "set data.image_size=N so that every image gets one size")
-    results = probe_files([str(listing.root / e.rel) for e in listing.entries])
-    ok = np.array([i for i, (s, _) in enumerate(results) if s is not None], np.int64)
-    skipped = [{"file": str(listing.root / listing.entries[i].rel), "reason": r}
-               for i, (s, r) in enumerate(results) if s is None]
-    return ok, skipped
+    key = cache.make_key(name, [(e.rel, e.size, e.mtime_ns) for e in listing.entries], "verify")
+    slot = cache.make_key(name, str(listing.root.resolve()), "verify", cfg.limit)
+
+    def build():
+        reasons = verify_files([str(listing.root / e.rel) for e in listing.entries])
+        ok = np.array([i for i, r in enumerate(reasons) if r is None], np.int64)
+        return {"ok": ok}, {"skipped": [{"file": listing.entries[i].rel, "reason": r}
+                                        for i, r in enumerate(reasons) if r is not None]}
+
+    arrays, meta, _ = cache.cached(cfg, name + "-verify", slot, key, build)
+    skipped = [{"file": str(listing.root / s["file"]), "reason": s["reason"]} for s in meta["skipped"]]
+    return arrays["ok"], skipped
 
 
 def _sample_stats(paths: list[str], pre: dict, seed: int):
@@ -168,6 +187,26 @@ def _sample_stats(paths: list[str], pre: dict, seed: int):
         c = 1 if pre.get("grayscale") else 3
         return (0.5,) * c, (0.25,) * c
     return channel_stats(np.stack(arrays))
+
+
+def _assemble(listing: Listing, split_of: np.ndarray, ok: np.ndarray, images):
+    """ImageSets per split from the decoded entries ``ok`` (in memory when ``images``), and the manifest."""
+    base = str(listing.root)
+    paths = None if images is not None else [os.path.join(base, listing.entries[i].rel) for i in ok]
+    labels = np.array([listing.entries[i].label for i in ok], np.int64)
+    names = [listing.entries[i].rel for i in ok]
+    splits_ok = split_of[ok]
+    sets = {}
+    for s in ("train", "val", "test"):
+        idx = np.flatnonzero(splits_ok == s)
+        sets[s] = None if s == "val" and len(idx) == 0 else ImageSet(
+            labels=labels[idx], images=None if images is None else images[idx],
+            paths=None if paths is None else [paths[i] for i in idx], names=[names[i] for i in idx])
+    if len(sets["train"]) == 0:
+        raise UserError(f"{listing.root}: the train split has no readable images")
+    manifest = [{"file": names[i], "label": listing.classes[labels[i]], "split": str(splits_ok[i])}
+                for i in range(len(ok))]
+    return sets, manifest
 
 
 def load_folder(cfg, name: str = "folder"):
@@ -181,6 +220,8 @@ def load_folder(cfg, name: str = "folder"):
         raise UserError(f"{root}: no images found; expected {root}/<class>/*.jpg|png "
                         f"or {root}/train|val|test/<class>/*.jpg|png (hidden files are ignored)")
     split_of = assign_splits(listing, cfg)
+    if cfg.limit > 0:                              # decode only what a quick run keeps (build_splits: same rule)
+        listing, split_of = _limit(listing, split_of, cfg.limit, cfg.split_seed)
     pre = preprocess_dict(cfg)
     h, w = (pre["image_size"],) * 2 if pre["image_size"] else _native_size(listing)
     nbytes = len(listing.entries) * h * w * (1 if pre["grayscale"] else 3)
@@ -188,26 +229,10 @@ def load_folder(cfg, name: str = "folder"):
     if cache.want_memory(cfg, nbytes):
         images, ok, skipped = _decode_all(cfg, name, listing, pre)
     else:
-        ok, skipped = _lazy(cfg, listing, pre)
-    base = str(root)
-    paths = None if images is not None else [os.path.join(base, listing.entries[i].rel) for i in ok]
-    labels = np.array([listing.entries[i].label for i in ok], np.int64)
-    names = [listing.entries[i].rel for i in ok]
-    splits_ok = split_of[ok]
-    sets = {}
-    for s in ("train", "val", "test"):
-        idx = np.flatnonzero(splits_ok == s)
-        if s == "val" and len(idx) == 0:
-            sets[s] = None
-            continue
-        sets[s] = ImageSet(labels=labels[idx], images=None if images is None else images[idx],
-                           paths=None if paths is None else [paths[i] for i in idx],
-                           names=[names[i] for i in idx])
-    if len(sets["train"]) == 0:
-        raise UserError(f"{root}: the train split has no readable images")
+        ok, skipped = _lazy(cfg, name, listing, pre)
+    sets, manifest = _assemble(listing, split_of, ok, images)
     if images is None:
         stats = _sample_stats(sets["train"].paths, pre, cfg.split_seed)
-    manifest = [{"file": names[i], "label": listing.classes[labels[i]], "split": splits_ok[i]} for i in range(len(ok))]
     mode = "in memory" if images is not None else "lazy, decoded by workers"
     return make_splits(sets["train"], sets["val"], sets["test"], listing.classes,
                        source=f"{name}: image folders in {root.resolve()} ({listing.layout} layout, {mode})",

@@ -174,9 +174,11 @@ def make_splits(train: ImageSet, val: ImageSet | None, test: ImageSet, classes: 
     else:
         channels, size = (1 if preprocess.get("grayscale") else 3), tuple(image_size)
         mean, std = stats
+    # preprocess records how any raw image becomes a sample of this dataset (predict() relies on it)
+    final = {**preprocess, "grayscale": channels == 1, "image_size": size[0] if size[0] == size[1] else list(size)}
     return Splits(train=train, val=val, test=test, classes=list(classes), channels=channels, image_size=size,
                   mean=mean, std=std, source=source, skipped=list(skipped or []), manifest=manifest,
-                  preprocess=dict(preprocess))
+                  preprocess=final)
 
 
 def missing_data_error(dataset: str, root: Path, files: list[str], folder: str, downloadable: bool = True,

@@ -1,0 +1,32 @@
+"""Shared fixtures: where the real data lies, a scratch run folder, and a CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("VISIONLAB_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA / "mnist").is_dir():
+        pytest.fail(f"real data not found at {DATA}; set VISIONLAB_DATA to the shared data folder")
+    return DATA
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None,
+            prefix: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m visionlab ARGS` in a subprocess, as a user would."""
+    full_env = {**os.environ, "VISIONLAB_DATA": str(DATA), **(env or {})}
+    cmd = (prefix or []) + [sys.executable, "-m", "visionlab", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def cli():
+    return run_cli

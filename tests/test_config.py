@@ -1,0 +1,81 @@
+"""Config and CLI grammar: defaults, overrides, types, unknown keys, clean user errors."""
+from __future__ import annotations
+
+import pytest
+
+from visionlab import config as C
+from visionlab.utils import ConfigError
+
+
+def test_defaults_and_overrides():
+    cfg = C.load_config(None, ["optim.lr=3e-4", "train.epochs=2", "data.name=digits", "optim.milestones=[3,6]"])
+    assert cfg.optim.lr == pytest.approx(3e-4)
+    assert cfg.train.epochs == 2 and cfg.data.name == "digits" and cfg.optim.milestones == [3, 6]
+    assert cfg.model.name == "mnist_cnn"           # the embedded main job
+    assert C.load_config(None).data.name == "mnist5k"
+
+
+def test_int_accepted_for_float_and_bool_strings():
+    cfg = C.load_config(None, ["optim.lr=1", "data.hflip=true"])
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float) and cfg.data.hflip is True
+
+
+def test_unknown_key_suggests():
+    with pytest.raises(ConfigError, match=r"did you mean 'optim.lr'"):
+        C.load_config(None, ["optim.lrr=0.1"])
+
+
+def test_wrong_type_names_key_and_type():
+    with pytest.raises(ConfigError, match=r"train.epochs: expected int, got 'five'"):
+        C.load_config(None, ["train.epochs=five"])
+    with pytest.raises(ConfigError, match=r"optim.lr: expected float"):
+        C.load_config(None, ["optim.lr=fast"])
+
+
+def test_yaml_file_roundtrip(tmp_path):
+    cfg = C.load_config("configs/mnist_cnn.yaml", ["seed=3"])
+    assert (cfg.optim.lr, cfg.optim.step_size, cfg.optim.gamma, cfg.train.epochs) == (0.00108, 4, 0.5, 25)
+    assert cfg.data.rotation == 13.0 and cfg.name == "mnist_cnn" and cfg.seed == 3
+    p = tmp_path / "config.yaml"
+    p.write_text(C.dump_yaml(cfg))
+    assert C.load_config(p) == cfg
+
+
+def test_every_key_has_help():
+    rows = list(C.fields_table())
+    assert len(rows) > 50
+    for key in ("data.name", "data.root", "model.name", "train.epochs", "train.batch_size", "optim.name", "optim.lr",
+                "seed", "resume"):
+        assert key in {r[0] for r in rows}
+    assert all(r[3] for r in rows), [r[0] for r in rows if not r[3]]
+
+
+def test_data_root_resolution(monkeypatch, tmp_path):
+    d = C.DataConfig()
+    monkeypatch.delenv("VISIONLAB_DATA", raising=False)
+    assert str(C.data_root(d, "mnist")) == "data/mnist"
+    monkeypatch.setenv("VISIONLAB_DATA", str(tmp_path))
+    assert C.data_root(d, "mnist") == tmp_path / "mnist"
+    d.root = "/somewhere"
+    assert str(C.data_root(d, "mnist")) == "/somewhere"
+
+
+def test_cli_unknown_key_exit_2_without_traceback(cli):
+    r = cli("train", "optim.lrr=0.1")
+    assert r.returncode == 2
+    assert "did you mean 'optim.lr'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_wrong_type_and_missing_dataset(cli, tmp_path):
+    r = cli("train", "train.epochs=abc")
+    assert r.returncode == 2 and "train.epochs: expected int" in r.stderr and "Traceback" not in r.stderr
+    r = cli("train", "data.name=mnist", f"data.root={tmp_path / 'nowhere'}", f"out_dir={tmp_path}")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    for needle in ("train-images-idx3-ubyte.gz", "nowhere", "download=true"):
+        assert needle in r.stderr, r.stderr
+
+
+def test_cli_cfg_lists_keys(cli):
+    r = cli("cfg")
+    assert r.returncode == 0
+    assert "optim.lr" in r.stdout and "peak learning rate" in r.stdout and "resnet18_cifar" in r.stdout
