@@ -143,12 +143,17 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
 
 def predict(run_dir: str | Path | LoadedRun, images, topk: int = 5) -> list[list[tuple[str, float]]]:
     """Top-k (class, probability) per image. ``images``: file paths or uint8 HWC arrays, preprocessed like the data."""
-    from .data.decode import load_image
+    from .data.decode import try_load
 
     run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
-    pre = run.info.preprocess
-    arrays = [load_image(str(im), pre) if isinstance(im, (str, Path)) else np.asarray(im, dtype=np.uint8)
-              for im in images]
+    arrays = []
+    for im in images:
+        if isinstance(im, (str, Path)):
+            arr, reason = try_load(str(im), run.info.preprocess)     # the same decoding as the training data
+            if arr is None:
+                raise UserError(f"{im}: cannot read this image ({reason}); pass a JPEG, PNG or other image file")
+            im = arr
+        arrays.append(np.asarray(im, dtype=np.uint8))
     batch = torch.from_numpy(np.stack([a if a.ndim == 3 else a[..., None] for a in arrays])).to(run.device)
     probs = run.task.predict(batch).cpu()
     k = min(topk, probs.shape[1])

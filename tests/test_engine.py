@@ -1,0 +1,103 @@
+"""Engine pieces: schedules against torch's own, optimizers, atomic single-file checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from visionlab.config import OptimConfig
+from visionlab.engine import build_optimizer, build_scheduler, load_checkpoint, save_checkpoint
+from visionlab.engine.optim import lr_multiplier
+from visionlab.utils import ConfigError, UserError, atomic_write_bytes
+
+
+def _lrs(cfg, epochs, spe):
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = build_optimizer([p], cfg)
+    sch = build_scheduler(opt, cfg, epochs, spe)
+    out = []
+    for _ in range(epochs * spe):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sch.step()
+    return out
+
+
+def test_step_schedule_equals_torch_steplr_per_epoch():
+    cfg = OptimConfig(name="adam", lr=0.00108, scheduler="step", step_size=4, gamma=0.5)
+    ours = _lrs(cfg, 10, 3)[::3]                      # lr at the start of each epoch
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=0.00108)
+    ref_sch = torch.optim.lr_scheduler.StepLR(opt, 4, 0.5)
+    ref = []
+    for _ in range(10):
+        ref.append(opt.param_groups[0]["lr"])
+        opt.step()
+        ref_sch.step()
+    assert ours == pytest.approx(ref)
+    assert ours[:5] == pytest.approx([0.00108] * 4 + [0.00054])
+
+
+def test_multistep_cosine_warmup_onecycle_known_values():
+    ms = _lrs(OptimConfig(name="sgd", lr=0.1, scheduler="multistep", milestones=[2, 4], gamma=0.1), 6, 1)
+    assert ms == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    f = lr_multiplier(OptimConfig(lr=1.0, scheduler="cosine", min_lr=0.0), 10, 10)
+    assert f(0) == pytest.approx(1.0) and f(50) == pytest.approx(0.5) and f(100) == pytest.approx(0.0, abs=1e-12)
+    w = lr_multiplier(OptimConfig(lr=1.0, scheduler="none", warmup_epochs=1), 10, 4)
+    assert [w(i) for i in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    oc = lr_multiplier(OptimConfig(lr=1.0, scheduler="onecycle"), 10, 10)
+    assert oc(0) == pytest.approx(1 / 25) and oc(30) == pytest.approx(1.0) and oc(100) == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW),
+                                      ("nadam", torch.optim.NAdam), ("rmsprop", torch.optim.RMSprop)])
+def test_optimizers(name, cls):
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(2))], OptimConfig(name=name, weight_decay=1e-4, nesterov=True))
+    assert isinstance(opt, cls) and opt.param_groups[0]["weight_decay"] == 1e-4
+
+
+def test_bad_optimizer_and_schedule_names():
+    with pytest.raises(ConfigError, match="sgd, adam"):
+        build_optimizer([torch.nn.Parameter(torch.zeros(1))], OptimConfig(name="adagrad"))
+    with pytest.raises(ConfigError, match="cosine"):
+        lr_multiplier(OptimConfig(scheduler="cosin"), 1, 1)
+
+
+def test_checkpoint_roundtrip_with_optimizer_and_rng(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    model(torch.randn(8, 4)).sum().backward()
+    opt.step()
+    gen = torch.Generator().manual_seed(5)
+    state = {"optimizer": opt.state_dict(), "rng": {"torch": torch.get_rng_state(), "gen": gen.get_state()},
+             "fit": {"epoch": 2, "batch": 7}, "scheduler": {"last_epoch": 9}}
+    path = tmp_path / "ck" / "last.safetensors"
+    save_checkpoint(path, model.state_dict(), {"classes": ["a", "b", "c"]}, state)
+    ck = load_checkpoint(path, with_train_state=True)
+    assert ck["sidecar"]["classes"] == ["a", "b", "c"] and (path.with_suffix(".json")).is_file()
+    for k, v in model.state_dict().items():
+        assert torch.equal(ck["weights"][k], v)
+    opt2 = torch.optim.Adam(model.parameters(), 1e-3)
+    opt2.load_state_dict(ck["train_state"]["optimizer"])
+    for a, b in zip(opt.state_dict()["state"].values(), opt2.state_dict()["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    g2 = torch.Generator()
+    g2.set_state(ck["train_state"]["rng"]["gen"])
+    assert torch.equal(torch.rand(3, generator=g2), torch.rand(3, generator=gen))
+    assert ck["train_state"]["fit"] == {"epoch": 2, "batch": 7}
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "last.safetensors"
+    atomic_write_bytes(path, b"old")
+
+    with pytest.raises(TypeError):
+        atomic_write_bytes(path, object())          # fails while writing
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.safetensors"]      # no temp file left behind
+
+
+def test_torn_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "best.safetensors"
+    path.write_bytes(b"\x00" * 10)
+    with pytest.raises(UserError, match="unreadable checkpoint"):
+        load_checkpoint(path)

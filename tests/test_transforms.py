@@ -1,0 +1,72 @@
+"""Batched augmentation: known answers for crop, flip and rotation; determinism from the generator; CutMix/MixUp."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from visionlab.data.transforms import BatchAugment, mix_batch
+
+
+def _batch(b=4, h=8, w=8, c=1):
+    return torch.arange(b * h * w * c, dtype=torch.int64).remainder(251).to(torch.uint8).view(b, h, w, c)
+
+
+def test_eval_transform_is_normalize_only():
+    x = _batch()
+    out = BatchAugment([0.5], [0.25], train=False, rotation=30, crop_padding=4, hflip=True)(x)
+    ref = (x.permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    assert torch.allclose(out, ref) and out.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_random_crop_is_a_shift_with_zero_fill():
+    x = _batch(b=16)
+    tf = BatchAugment([0.0], [1.0], train=True, crop_padding=2, generator=torch.Generator().manual_seed(1))
+    out = (tf(x) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    padded = torch.nn.functional.pad(x, (0, 0, 2, 2, 2, 2))
+    for i in range(16):      # each output equals some 8x8 window of the padded image
+        assert any(torch.equal(out[i], padded[i, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
+
+
+def test_flip_and_rotation():
+    x = _batch(b=64)
+    flipped = BatchAugment([0.0], [1.0], train=True, hflip=True, generator=torch.Generator().manual_seed(0))(x)
+    base = x.permute(0, 3, 1, 2).float() / 255
+    same = [torch.allclose(flipped[i], base[i]) for i in range(64)]
+    mirrored = [torch.allclose(flipped[i], base[i].flip(-1)) for i in range(64)]
+    assert all(s or m for s, m in zip(same, mirrored)) and 15 < sum(mirrored) < 49
+    tf = BatchAugment([0.0], [1.0], train=True, rotation=90)
+    tf._rand = lambda *shape: torch.ones(*shape)          # exactly +90 degrees
+    img = torch.zeros(1, 9, 9, 1, dtype=torch.uint8)
+    img[0, 0, 4, 0] = 255                                  # a dot at the top centre
+    out = tf(img)[0, 0]
+    y, x_ = divmod(int(out.argmax()), 9)
+    assert (y, x_) in {(4, 0), (4, 8)}                     # moved to the middle of a side edge
+
+
+def test_same_generator_state_same_augmentation():
+    x = _batch(b=8)
+    a = BatchAugment([0.0], [1.0], True, rotation=13, crop_padding=2, hflip=True,
+                     generator=torch.Generator().manual_seed(3))
+    b = BatchAugment([0.0], [1.0], True, rotation=13, crop_padding=2, hflip=True,
+                     generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a(x), b(x)) and not torch.equal(a(x), b(x).flip(0))
+
+
+def test_mixup_and_cutmix_targets_sum_to_one():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 3, 16, 16), torch.arange(8) % 4
+    for cut, mix in ((1.0, 0.0), (0.0, 0.2)):
+        xm, t = mix_batch(x, y, 4, cut, mix, 1.0, g)
+        assert xm.shape == x.shape and torch.allclose(t.sum(1), torch.ones(8))
+        assert (t.max(1).values < 1).any()
+    xm, t = mix_batch(x, y, 4, 0.0, 0.0, 1.0, g)
+    assert torch.equal(xm, x) and torch.equal(t.argmax(1), y)
+
+
+def test_beta_sampler_mean():
+    from visionlab.data.transforms import _beta
+    g = torch.Generator().manual_seed(0)
+    draws = np.array([_beta(0.4, g) for _ in range(4000)])
+    assert abs(draws.mean() - 0.5) < 0.03 and abs(draws.var() - 0.25 / (2 * 0.4 + 1)) < 0.02
