@@ -146,3 +146,14 @@ def test_embedded_without_data_folder(tmp_path, monkeypatch):
     d = build_splits(DataConfig(name="digits"))
     assert (len(d.train), len(d.val), len(d.test)) == (1437, 180, 180)
     assert d.train.images.shape[1:] == (8, 8, 1) and d.train.images.max() == 255
+
+
+def test_fashion_mnist_from_os_package(monkeypatch, tmp_path):
+    """Fashion-MNIST comes from the Debian package dataset-fashion-mnist (installed by `make test`)."""
+    if not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file():
+        pytest.fail("Fashion-MNIST is missing: `apt-get install dataset-fashion-mnist` (make test does it as root)")
+    monkeypatch.setenv("VISIONLAB_DATA", str(tmp_path))           # nothing there: falls back to the OS package
+    s = build_splits(DataConfig(name="fashion_mnist", val_fraction=0.0))
+    assert len(s.train) == 60000 and len(s.test) == 10000 and s.val is None
+    assert s.classes[0] == "T-shirt/top" and s.classes[9] == "Ankle boot"
+    assert np.bincount(s.test.labels).tolist() == [1000] * 10

@@ -20,7 +20,8 @@ class InMemoryLoader:
     """Slices a uint8 tensor held in memory; no per-sample Python, no worker processes."""
 
     def __init__(self, split: ImageSet, batch_size: int, shuffle: bool, seed: int = 0):
-        self.images = torch.from_numpy(np.ascontiguousarray(split.images))
+        # a private writable copy: cached arrays may be read-only memory maps, which torch warns about
+        self.images = torch.from_numpy(np.array(split.images, copy=True, order="C"))
         self.labels = torch.from_numpy(split.labels.astype(np.int64))
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.epoch, self.start_batch = 0, 0
