@@ -7,9 +7,9 @@ from . import run as _run
 from .experiments.report import write_report
 
 
-def train(cfg=None, overrides: list[str] | None = None) -> _run.RunResult:
+def train(cfg=None, overrides: list[str] | None = None, on_epoch_end: list | None = None) -> _run.RunResult:
     """Train a run (``cfg``: Config, dict, YAML path or None for the embedded default) and write its report."""
-    result = _run.train(cfg, overrides)
+    result = _run.train(cfg, overrides, on_epoch_end)
     write_report(result.run_dir)
     return result
 

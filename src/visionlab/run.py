@@ -31,9 +31,11 @@ class RunResult:
         return self.summary["test/acc"]
 
 
-def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] | None = None) -> RunResult:
+def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] | None = None,
+          on_epoch_end: list | None = None) -> RunResult:
     """Train one run and return its directory and test summary. ``cfg``: a Config, a dict, a YAML path or None.
 
+    ``on_epoch_end``: callables cb(state, row) run after each epoch (e.g. a sweep's pruner); one may raise to stop.
     The human report (L4, experiments/report.py) is written by the public ``visionlab.train``, not here."""
     cfg = _as_config(cfg, overrides)
     resume_dir = _resume_dir(cfg)
@@ -64,7 +66,8 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, len(train_loader))
     ctx = FitContext(optimizer, scheduler, cfg.train, run_dir, device, precision, _sidecar(cfg, info),
                      {"augment": gen}, ema=_build_ema(task.model, cfg.train.ema_decay),
-                     scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None)
+                     scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None,
+                     on_epoch_end=list(on_epoch_end or []))
     state = None
     if resume_dir is not None:
         ckpt = load_checkpoint(run_dir / "checkpoints" / "last.safetensors", with_train_state=True)

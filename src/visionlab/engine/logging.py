@@ -25,13 +25,18 @@ class EpochLogger:
             except ImportError:       # tensorboard is optional
                 self.tb = None
 
-    def log(self, history: list[dict]) -> None:
+    def log(self, history: list[dict], show: bool = False) -> None:
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
         for row in history:
             w.writerow({k: _fmt(row.get(k, "")) for k in CSV_COLUMNS})
         atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
+        if show and history:
+            row = history[-1]
+            parts = [f"{k} {row[k]:.4f}" for k in ("train/loss", "train/acc", "val/loss", "val/acc") if k in row]
+            print(f"epoch {row['epoch']}: " + "  ".join(parts) + f"  {row.get('img_per_s', 0):.0f} img/s",
+                  file=sys.stderr, flush=True)
         if self.tb is not None and history:
             row = history[-1]
             for k, v in row.items():

@@ -42,6 +42,8 @@ class FitContext:
     generators: dict                 # name -> torch.Generator whose state must survive a resume
     ema: torch.nn.Module | None = None
     scaler: torch.amp.GradScaler | None = None
+    # called as cb(state, row) after each epoch's checkpoint and logs; may raise to stop (e.g. a pruned sweep trial)
+    on_epoch_end: list = field(default_factory=list)
 
 
 def _to(batch, device):
@@ -175,6 +177,8 @@ def fit(task, train_loader, val_loader, ctx: FitContext, state: FitState | None 
         if improved:
             _save_best(task, ctx, state)
         _save_last(task, ctx, state)          # the checkpoint first, then the logs derived from it
-        logger.log(state.history)
+        logger.log(state.history, show=ctx.cfg.progress)
+        for cb in ctx.on_epoch_end:
+            cb(state, row)
     logger.close()
     return state
