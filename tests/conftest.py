@@ -20,10 +20,11 @@ def data_dir() -> Path:
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None,
-            prefix: list[str] | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m visionlab ARGS` in a subprocess, as a user would."""
+            prefix: list[str] | None = None, python: list[str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m visionlab ARGS` in a subprocess, as a user would. ``prefix`` wraps the command (unshare);
+    ``python`` replaces the interpreter (a torchrun launcher)."""
     full_env = {**os.environ, "VISIONLAB_DATA": str(DATA), **(env or {})}
-    cmd = (prefix or []) + [sys.executable, "-m", "visionlab", *args]
+    cmd = (prefix or []) + (python or [sys.executable]) + ["-m", "visionlab", *args]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 

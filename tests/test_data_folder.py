@@ -15,7 +15,7 @@ from visionlab.data import decode
 from visionlab.data.decode import decode_files, load_image
 from visionlab.utils import UserError
 
-DATA = Path(os.environ.get("VISIONLAB_DATA", Path(__file__).parents[1].parent / "shared" / "data"))
+from conftest import DATA  # noqa: E402 - one definition of where the real data lies
 PRE = {"image_size": 0, "pad_square": False, "grayscale": False}
 
 
@@ -197,7 +197,6 @@ def test_write_data_report(tmp_path):
     assert "truncated.jpg" in md and "| cat |" in md
 
 
-@pytest.mark.skipif(not (DATA / "trashnet").is_dir(), reason="no shared trashnet")
 def test_trashnet_limit(tmp_path, monkeypatch):
     monkeypatch.setenv("VISIONLAB_DATA", str(DATA))
     s = build_splits(DataConfig(name="trashnet", image_size=32, limit=60, cache_dir=str(tmp_path)))

@@ -12,7 +12,7 @@ from visionlab.data import build_splits, cache, embedded, folder
 from visionlab.data.split import limit_indices, parse_ratios, split_folder, stratified_split
 from visionlab.utils import UserError
 
-DATA = Path(os.environ.get("VISIONLAB_DATA", Path(__file__).parents[1].parent / "shared" / "data"))
+from conftest import DATA  # noqa: E402 - one definition of where the real data lies
 
 
 def test_parse_ratios():
@@ -72,7 +72,6 @@ def test_limit_in_build_splits(tmp_path):
     assert np.bincount(s.train.labels).tolist() == [5] * 10
 
 
-@pytest.mark.skipif(not (DATA / "trashnet").is_dir(), reason="no shared trashnet")
 def test_split_folder_manifest_csv(tmp_path):
     out = tmp_path / "split.csv"
     manifest = split_folder(DATA / "trashnet", "8:1:1", seed=0, out_csv=out)

@@ -10,7 +10,8 @@ from .experiments.report import write_report
 def train(cfg=None, overrides: list[str] | None = None, on_epoch_end: list | None = None) -> _run.RunResult:
     """Train a run (``cfg``: Config, dict, YAML path or None for the embedded default) and write its report."""
     result = _run.train(cfg, overrides, on_epoch_end)
-    write_report(result.run_dir)
+    if result.summary:                  # empty on ranks other than 0 of a distributed run
+        write_report(result.run_dir)
     return result
 
 

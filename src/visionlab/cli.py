@@ -41,6 +41,8 @@ def cmd_train(args: list[str]) -> int:
                           (" (config files end in .yaml)" if bad[0] == args[0] else ""))
     result = api.train(cfg_path, overrides)
     s = result.summary
+    if not s:                           # a distributed worker other than rank 0: rank 0 reports
+        return 0
     print(f"test/acc={s['test/acc']:.4f} test/top5={s['test/top5']:.4f} test/loss={s['test/loss']:.4f} "
           f"params={s['params']} train_s={s['timings']['train_s']:.1f}")
     print(f"report: {result.run_dir / 'report.html'}")

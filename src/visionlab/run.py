@@ -15,6 +15,7 @@ from .data.base import DataInfo
 from .data.loaders import build_loader
 from .engine import (FitContext, build_optimizer, build_scheduler, evaluate as run_eval, fit, load_checkpoint,
                      resolve_precision, restore)
+from .engine import distributed
 from .engine.rundir import latest_run_dir, new_run_dir, versions, write_env
 from .models import count_params, flops_per_image
 from .tasks import TASKS
@@ -43,38 +44,44 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
         cfg = C.load_config(resume_dir / "config.yaml")
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    dist, device = distributed.setup(resolve_device(cfg.train.device))
     precision = resolve_precision(cfg.train.precision, device)
-    run_dir = resume_dir or new_run_dir(cfg.out_dir, cfg.name or "default")
-    if resume_dir is None:
-        atomic_write_text(run_dir / "config.yaml", C.dump_yaml(cfg))
-    write_env(run_dir, device, precision)
+    run_dir = distributed.broadcast(_open_run_dir(cfg, resume_dir) if dist.main else None, dist)
+    if dist.main:
+        write_env(run_dir, device, precision)
     seed_everything(cfg.seed)
 
     splits = build_splits(cfg.data)
-    _write_data_reports(splits, run_dir)
+    if dist.main:
+        _write_data_reports(splits, run_dir)
     info = splits.info()
-    gen = torch.Generator().manual_seed(cfg.seed + 1)          # augmentation randomness, saved in checkpoints
+    gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * dist.rank)   # augmentation; saved in checkpoints
     task = TASKS.get(cfg.task)(cfg, info, gen)
     task.model.to(device)
     if cfg.train.channels_last:
         task.model.to(memory_format=torch.channels_last)
     train_loader = build_loader(splits.train, cfg.train.batch_size, True, cfg.seed, info.preprocess,
-                                cfg.data.num_workers)
+                                cfg.data.num_workers, dist.rank, dist.world)
     val_loader = _eval_loader(splits.val, cfg, info)
     optimizer = build_optimizer(task.param_groups(cfg.optim), cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, len(train_loader))
     ctx = FitContext(optimizer, scheduler, cfg.train, run_dir, device, precision, _sidecar(cfg, info),
                      {"augment": gen}, ema=_build_ema(task.model, cfg.train.ema_decay),
                      scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None,
-                     on_epoch_end=list(on_epoch_end or []))
+                     on_epoch_end=list(on_epoch_end or []), dist=dist)
     state = None
     if resume_dir is not None:
         ckpt = load_checkpoint(run_dir / "checkpoints" / "last.safetensors", with_train_state=True)
         task.model.load_state_dict(ckpt["weights"])
         state = restore(task, ctx, ckpt["train_state"])
-        print(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch}", flush=True)
+        if dist.main:
+            print(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch}", flush=True)
+    task.model = distributed.wrap(task.model, dist, device)
     state = fit(task, train_loader, val_loader, ctx, state)
+    task.model = distributed.unwrap(task.model)
+    if not dist.main:           # rank 0 evaluates and writes the summary
+        distributed.cleanup(dist)
+        return RunResult(run_dir, {})
 
     summary = {"task": cfg.task, "dataset": cfg.data.name, "model": cfg.model.name, "classes": info.classes,
                "params": count_params(task.model),
@@ -91,6 +98,7 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
                     "timings": {"train_s": state.train_s, "eval_s": time.perf_counter() - t0,
                                 "train_img_per_s": float(np.mean(rates)) if rates else None}})
     write_json(run_dir / "summary.json", summary)
+    distributed.cleanup(dist)
     return RunResult(run_dir, summary)
 
 
@@ -190,6 +198,15 @@ def _resume_dir(cfg: C.Config) -> Path | None:
         raise UserError(f"resume={path}: no checkpoints/last.safetensors there; was the run started? "
                         "(start it without resume, or pass the run directory printed by `visionlab train`)")
     return path
+
+
+def _open_run_dir(cfg: C.Config, resume_dir: Path | None) -> Path:
+    """The resumed run's folder, or a fresh one with the resolved config written before anything can fail."""
+    if resume_dir is not None:
+        return resume_dir
+    run_dir = new_run_dir(cfg.out_dir, cfg.name or "default")
+    atomic_write_text(run_dir / "config.yaml", C.dump_yaml(cfg))
+    return run_dir
 
 
 def _sidecar(cfg: C.Config, info: DataInfo) -> dict:

@@ -1,7 +1,8 @@
 """Batch iterators yielding (uint8 NHWC images, int64 labels): in memory (fast path) or DataLoader workers.
 
 Both shuffle with a permutation derived from (seed, epoch) and can start mid-epoch, so a resumed run sees
-exactly the batches an uninterrupted run would have seen.
+exactly the batches an uninterrupted run would have seen. Under data parallelism each rank takes its slice of
+every global batch, so N ranks together see the same global batches as one process.
 """
 from __future__ import annotations
 
@@ -16,30 +17,42 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)
 
 
-class InMemoryLoader:
-    """Slices a uint8 tensor held in memory; no per-sample Python, no worker processes."""
+class _Batches:
+    """Global batch i of an epoch = order[i*B:(i+1)*B]; rank r of W takes the r-th of W near-equal slices."""
 
-    def __init__(self, split: ImageSet, batch_size: int, shuffle: bool, seed: int = 0):
-        # a private writable copy: cached arrays may be read-only memory maps, which torch warns about
-        self.images = torch.from_numpy(np.array(split.images, copy=True, order="C"))
-        self.labels = torch.from_numpy(split.labels.astype(np.int64))
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world = rank, world
         self.epoch, self.start_batch = 0, 0
 
     def set_position(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
-        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (1 if rest >= self.world else 0)     # a last batch too small to split is dropped
 
     def __iter__(self):
-        n = len(self.labels)
-        order = epoch_permutation(n, self.seed, self.epoch) if self.shuffle else None
-        for i in range(self.start_batch, len(self)):
-            sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
-            idx = order[sl] if order is not None else sl
+        order = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else torch.arange(self.n)
+        start, self.start_batch = self.start_batch, 0
+        for i in range(start, len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield torch.tensor_split(idx, self.world)[self.rank] if self.world > 1 else idx
+
+
+class InMemoryLoader(_Batches):
+    """Slices a uint8 tensor held in memory; no per-sample Python, no worker processes."""
+
+    def __init__(self, split: ImageSet, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0,
+                 world: int = 1):
+        super().__init__(len(split), batch_size, shuffle, seed, rank, world)
+        # a private writable copy: cached arrays may be read-only memory maps, which torch warns about
+        self.images = torch.from_numpy(np.array(split.images, copy=True, order="C"))
+        self.labels = torch.from_numpy(split.labels.astype(np.int64))
+
+    def __iter__(self):
+        for idx in super().__iter__():
             yield self.images[idx], self.labels[idx]
-        self.start_batch = 0
 
 
 class _FileDataset(torch.utils.data.Dataset):
@@ -56,46 +69,39 @@ class _FileDataset(torch.utils.data.Dataset):
         return torch.from_numpy(img), int(self.labels[i])
 
 
-class _PermutationSampler(torch.utils.data.Sampler):
-    def __init__(self, loader: "FileLoader"):
-        self.loader = loader
+class _IndexLists:
+    def __init__(self, batches: _Batches):
+        self.batches = batches
 
     def __len__(self) -> int:
-        return len(self.loader.dataset) - self.loader.start_batch * self.loader.batch_size
+        return len(self.batches) - self.batches.start_batch
 
     def __iter__(self):
-        ld = self.loader
-        n = len(ld.dataset)
-        order = epoch_permutation(n, ld.seed, ld.epoch) if ld.shuffle else torch.arange(n)
-        return iter(order[ld.start_batch * ld.batch_size:].tolist())
+        return (idx.tolist() for idx in iter(self.batches))
 
 
 class FileLoader:
     """Decodes files in DataLoader worker processes, for datasets that do not fit in memory."""
 
     def __init__(self, split: ImageSet, batch_size: int, shuffle: bool, seed: int, preprocess: dict,
-                 num_workers: int = 2):
-        self.dataset = _FileDataset(split, preprocess)
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.epoch, self.start_batch = 0, 0
-        self.loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=batch_size, sampler=_PermutationSampler(self), num_workers=num_workers,
-            persistent_workers=False, drop_last=False)
+                 num_workers: int = 2, rank: int = 0, world: int = 1):
+        self.batches = _Batches(len(split), batch_size, shuffle, seed, rank, world)
+        self.loader = torch.utils.data.DataLoader(_FileDataset(split, preprocess),
+                                                  batch_sampler=_IndexLists(self.batches), num_workers=num_workers)
 
     def set_position(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
+        self.batches.set_position(epoch, start_batch)
 
     def __len__(self) -> int:
-        return (len(self.dataset) + self.batch_size - 1) // self.batch_size
+        return len(self.batches)
 
     def __iter__(self):
         yield from self.loader
-        self.start_batch = 0
 
 
 def build_loader(split: ImageSet, batch_size: int, shuffle: bool, seed: int, preprocess: dict,
-                 num_workers: int = 2):
+                 num_workers: int = 2, rank: int = 0, world: int = 1):
     """The in-memory loader when the split is decoded, else the worker-based file loader."""
     if split.in_memory:
-        return InMemoryLoader(split, batch_size, shuffle, seed)
-    return FileLoader(split, batch_size, shuffle, seed, preprocess, num_workers)
+        return InMemoryLoader(split, batch_size, shuffle, seed, rank, world)
+    return FileLoader(split, batch_size, shuffle, seed, preprocess, num_workers, rank, world)

@@ -53,6 +53,6 @@ def _fmt(v):
     return f"{v:.6g}" if isinstance(v, float) else v
 
 
-def progress(loader, state, cfg):
+def progress(loader, state, cfg, enabled: bool = True):
     return tqdm(loader, total=len(loader), initial=state.batch, desc=f"epoch {state.epoch + 1}/{cfg.epochs}",
-                leave=False, disable=not cfg.progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+                leave=False, disable=not (cfg.progress and enabled), file=sys.stderr, dynamic_ncols=True, mininterval=0.5)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import save_checkpoint
+from .distributed import Dist, gather, sum_dict, unwrap
 from .logging import EpochLogger, progress
 from .precision import autocast
 
@@ -42,8 +43,9 @@ class FitContext:
     generators: dict                 # name -> torch.Generator whose state must survive a resume
     ema: torch.nn.Module | None = None
     scaler: torch.amp.GradScaler | None = None
-    # called as cb(state, row) after each epoch's checkpoint and logs; may raise to stop (e.g. a pruned sweep trial)
+    # called as cb(state, row) on rank 0 after each epoch's checkpoint and logs; may raise to stop (a pruned trial)
     on_epoch_end: list = field(default_factory=list)
+    dist: Dist = field(default_factory=Dist)
 
 
 def _to(batch, device):
@@ -63,13 +65,24 @@ def evaluate(task, loader, device, precision: str, collect_examples: bool = Fals
     return task.compute_metrics()
 
 
-def train_state(task, ctx: FitContext, state: FitState) -> dict:
+def _rng_states(ctx: FitContext) -> dict:
     rng = {"torch": torch.get_rng_state()}
     rng.update({f"gen_{k}": g.get_state() for k, g in ctx.generators.items()})
     if ctx.device.type == "cuda":
-        rng.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        rng["cuda"] = torch.cuda.get_rng_state(ctx.device)
+    return rng
+
+
+def train_state(task, ctx: FitContext, state: FitState) -> dict:
+    """Everything besides the weights that an exact resume needs; RNG states of every rank (a collective call)."""
+    per_rank = gather(_rng_states(ctx), ctx.dist)
+    rng = {f"r{r}.{k}": v for r, states in enumerate(per_rank) for k, v in states.items()}
+    fit = asdict(state)
+    if state.running:       # mid-epoch: store the sums over all ranks (rank 0 carries them on after a resume)
+        fit["running"] = {**sum_dict({k: v for k, v in state.running.items() if k != "seconds"}, ctx.dist),
+                          "seconds": state.running["seconds"]}
     return {"optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(), "rng": rng,
-            "ema": ctx.ema.state_dict() if ctx.ema is not None else None, "fit": asdict(state)}
+            "ema": ctx.ema.state_dict() if ctx.ema is not None else None, "fit": fit, "world": ctx.dist.world}
 
 
 def restore(task, ctx: FitContext, ts: dict) -> FitState:
@@ -78,22 +91,34 @@ def restore(task, ctx: FitContext, ts: dict) -> FitState:
     ctx.scheduler.load_state_dict(ts["scheduler"])
     if ctx.ema is not None and ts.get("ema"):
         ctx.ema.load_state_dict(ts["ema"])
-    rng = ts["rng"]
+    if ts.get("world", 1) != ctx.dist.world:
+        from ..utils import UserError
+
+        raise UserError(f"this run was trained on {ts.get('world', 1)} process(es); resume it with the same number "
+                        f"(torchrun --nproc_per_node={ts.get('world', 1)}), not {ctx.dist.world}")
+    rng = {k.split(".", 1)[1]: v for k, v in ts["rng"].items() if k.startswith(f"r{ctx.dist.rank}.")}
     torch.set_rng_state(rng["torch"])
     for k, g in ctx.generators.items():
         g.set_state(rng[f"gen_{k}"])
-    if ctx.device.type == "cuda":
-        torch.cuda.set_rng_state_all([rng[f"cuda{i}"] for i in range(torch.cuda.device_count()) if f"cuda{i}" in rng])
-    return FitState(**ts["fit"])
+    if ctx.device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], ctx.device)
+    state = FitState(**ts["fit"])
+    if state.running and not ctx.dist.main:     # rank 0 holds the epoch's sums so far; the others restart at 0
+        state.running = {k: (v if k == "seconds" else 0.0) for k, v in state.running.items()}
+    return state
 
 
 def _save_last(task, ctx: FitContext, state: FitState) -> None:
-    save_checkpoint(ctx.run_dir / "checkpoints" / "last.safetensors", task.model.state_dict(),
-                    {**ctx.sidecar, "epoch": state.epoch, "step": state.step}, train_state(task, ctx, state))
+    ts = train_state(task, ctx, state)             # every rank takes part in gathering the RNG states
+    if ctx.dist.main:
+        save_checkpoint(ctx.run_dir / "checkpoints" / "last.safetensors", unwrap(task.model).state_dict(),
+                        {**ctx.sidecar, "epoch": state.epoch, "step": state.step}, ts)
 
 
 def _save_best(task, ctx: FitContext, state: FitState) -> None:
-    model = ctx.ema.module if ctx.ema is not None else task.model
+    if not ctx.dist.main:
+        return
+    model = ctx.ema.module if ctx.ema is not None else unwrap(task.model)
     save_checkpoint(ctx.run_dir / "checkpoints" / "best.safetensors", model.state_dict(),
                     {**ctx.sidecar, "epoch": state.best_epoch, "best": state.best})
 
@@ -117,7 +142,7 @@ def _train_step(task, ctx: FitContext, batch) -> dict:
         ctx.optimizer.step()
     ctx.scheduler.step()
     if ctx.ema is not None:
-        ctx.ema.update_parameters(task.model)
+        ctx.ema.update_parameters(unwrap(task.model))
     return out
 
 
@@ -125,7 +150,7 @@ def _run_epoch(task, train_loader, ctx: FitContext, state: FitState) -> None:
     task.model.train()
     train_loader.set_position(state.epoch, state.batch)
     run = state.running or {"n": 0, "loss": 0.0, "acc": 0.0, "seconds": 0.0}
-    bar = progress(train_loader, state, ctx.cfg)
+    bar = progress(train_loader, state, ctx.cfg, enabled=ctx.dist.main)
     t0 = time.perf_counter()
     for batch in bar:
         batch = _to(batch, ctx.device)
@@ -152,14 +177,16 @@ def fit(task, train_loader, val_loader, ctx: FitContext, state: FitState | None 
     """Train ``task.model`` for ``cfg.epochs`` epochs from ``state`` (a fresh start when None)."""
     state = state or FitState()
     metric, mode = task.primary_metric
-    logger = EpochLogger(ctx.run_dir, ctx.cfg.tensorboard, purge_step=state.epoch)
+    main = ctx.dist.main
+    logger = EpochLogger(ctx.run_dir, ctx.cfg.tensorboard and main, purge_step=state.epoch) if main else None
     while state.epoch < ctx.cfg.epochs and not state.finished:
         _run_epoch(task, train_loader, ctx, state)
-        run = state.running
+        seconds = state.running["seconds"]         # rank 0's clock; sums of samples and losses over all ranks
+        run = {**sum_dict({k: v for k, v in state.running.items() if k != "seconds"}, ctx.dist), "seconds": seconds}
         row = {"epoch": state.epoch + 1, "step": state.step, "lr": ctx.optimizer.param_groups[0]["lr"],
                "train/loss": run["loss"] / max(run["n"], 1), "train/acc": run["acc"] / max(run["n"], 1)}
-        if val_loader is not None:
-            model = ctx.ema.module if ctx.ema is not None else None
+        if val_loader is not None:        # every rank evaluates the whole split: same model, same numbers
+            model = ctx.ema.module if ctx.ema is not None else unwrap(task.model)
             vm = evaluate(task, val_loader, ctx.device, ctx.precision, model=model)
             row.update({f"val/{k}": v for k, v in vm.items() if isinstance(v, (int, float))})
         row.update({"epoch_s": run["seconds"], "img_per_s": run["n"] / max(run["seconds"], 1e-9)})
@@ -177,8 +204,10 @@ def fit(task, train_loader, val_loader, ctx: FitContext, state: FitState | None 
         if improved:
             _save_best(task, ctx, state)
         _save_last(task, ctx, state)          # the checkpoint first, then the logs derived from it
-        logger.log(state.history, show=ctx.cfg.progress)
-        for cb in ctx.on_epoch_end:
-            cb(state, row)
-    logger.close()
+        if main:
+            logger.log(state.history, show=ctx.cfg.progress)
+            for cb in ctx.on_epoch_end:
+                cb(state, row)
+    if main:
+        logger.close()
     return state
