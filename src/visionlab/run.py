@@ -83,20 +83,7 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
         distributed.cleanup(dist)
         return RunResult(run_dir, {})
 
-    summary = {"task": cfg.task, "dataset": cfg.data.name, "model": cfg.model.name, "classes": info.classes,
-               "params": count_params(task.model),
-               "flops_per_image": flops_per_image(task.model, info.channels, info.image_size),
-               "best_epoch": state.best_epoch, "epochs_run": state.epoch, "best/val/acc": state.best,
-               "device": str(device), "precision": precision, "data_source": splits.source,
-               "train_size": len(splits.train), "val_size": len(splits.val) if splits.val else 0,
-               "test_size": len(splits.test)}
-    t0 = time.perf_counter()
-    metrics = _evaluate_split(task, run_dir, splits.test, cfg, info, device, precision, keep_errors=True)
-    rates = [r["img_per_s"] for r in state.history]
-    summary.update({f"test/{k}": v for k, v in metrics.items() if k not in ("confusion", "per_class")})
-    summary.update({"split": "test", "per_class": metrics["per_class"], "confusion": metrics["confusion"],
-                    "timings": {"train_s": state.train_s, "eval_s": time.perf_counter() - t0,
-                                "train_img_per_s": float(np.mean(rates)) if rates else None}})
+    summary = _test_summary(task, state, splits, cfg, run_dir, device, precision)
     write_json(run_dir / "summary.json", summary)
     distributed.cleanup(dist)
     return RunResult(run_dir, summary)
@@ -198,6 +185,26 @@ def _resume_dir(cfg: C.Config) -> Path | None:
         raise UserError(f"resume={path}: no checkpoints/last.safetensors there; was the run started? "
                         "(start it without resume, or pass the run directory printed by `visionlab train`)")
     return path
+
+
+def _test_summary(task, state, splits, cfg: C.Config, run_dir: Path, device, precision: str) -> dict:
+    """Evaluate the best checkpoint on the test split; the summary.json of the run."""
+    info = splits.info()
+    summary = {"task": cfg.task, "dataset": cfg.data.name, "model": cfg.model.name, "classes": info.classes,
+               "params": count_params(task.model),
+               "flops_per_image": flops_per_image(task.model, info.channels, info.image_size),
+               "best_epoch": state.best_epoch, "epochs_run": state.epoch, "best/val/acc": state.best,
+               "device": str(device), "precision": precision, "data_source": splits.source,
+               "train_size": len(splits.train), "val_size": len(splits.val) if splits.val else 0,
+               "test_size": len(splits.test)}
+    t0 = time.perf_counter()
+    metrics = _evaluate_split(task, run_dir, splits.test, cfg, info, device, precision, keep_errors=True)
+    rates = [r["img_per_s"] for r in state.history]
+    summary.update({f"test/{k}": v for k, v in metrics.items() if k not in ("confusion", "per_class")})
+    summary.update({"split": "test", "per_class": metrics["per_class"], "confusion": metrics["confusion"],
+                    "timings": {"train_s": state.train_s, "eval_s": time.perf_counter() - t0,
+                                "train_img_per_s": float(np.mean(rates)) if rates else None}})
+    return summary
 
 
 def _open_run_dir(cfg: C.Config, resume_dir: Path | None) -> Path:
