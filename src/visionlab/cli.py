@@ -96,7 +96,7 @@ def cmd_cfg(args: list[str]) -> int:
     from .models import MODELS
 
     for key, typ, default, help_ in C.fields_table():
-        print(f"{key:<24} {typ:<6} {str(default):<12} {help_}")
+        print(f"{key:<24} {typ:<6} {str(default) if default != '' else "''":<12} {help_}")
     print(f"\nmodels: {', '.join(MODELS.names())}")
     return 0
 
@@ -157,3 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; continue with `visionlab train resume=RUN_DIR`", file=sys.stderr)
         return 130
+    except BrokenPipeError:             # `visionlab cfg | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
