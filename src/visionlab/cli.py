@@ -96,7 +96,8 @@ def cmd_cfg(args: list[str]) -> int:
     from .models import MODELS
 
     for key, typ, default, help_ in C.fields_table():
-        print(f"{key:<24} {typ:<6} {str(default) if default != '' else "''":<12} {help_}")
+        shown = "''" if default == "" else str(default)
+        print(f"{key:<24} {typ:<6} {shown:<12} {help_}")
     print(f"\nmodels: {', '.join(MODELS.names())}")
     return 0
 
