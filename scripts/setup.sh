@@ -7,10 +7,12 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 dev=0; [ "${1:-}" = "--dev" ] && dev=1
 
-if [ "$dev" = 1 ] && [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  # Fashion-MNIST comes from the OS package (tests read it); best effort, the tests say what is missing.
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
-    || echo "note: could not install dataset-fashion-mnist (apt)" >&2
+if [ "$dev" = 1 ] && { [ ! -d /usr/share/datasets/fashion-mnist ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  # Fashion-MNIST (tests read it) and a PostgreSQL server (the shared-sweep test starts its own) come from the OS;
+  # best effort, the tests say what is missing.
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist postgresql) >/dev/null 2>&1 \
+    || echo "note: could not install dataset-fashion-mnist postgresql (apt)" >&2
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

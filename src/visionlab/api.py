@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import run as _run
-from .experiments.report import write_report
+from .experiments.report import render_any, write_report
 
 
 def train(cfg=None, overrides: list[str] | None = None, on_epoch_end: list | None = None) -> _run.RunResult:
@@ -22,9 +22,9 @@ def evaluate(run_dir: str | Path, split: str = "test") -> dict:
     return metrics
 
 
-def report(run_dir: str | Path) -> Path:
-    """Regenerate report.md/report.html and the plots of a run directory; returns the HTML path."""
-    return write_report(run_dir)
+def report(path: str | Path) -> Path:
+    """Regenerate the report of a run, seeds, compare or sweep folder; returns the HTML path."""
+    return render_any(path)
 
 
 load_run = _run.load_run

@@ -16,6 +16,11 @@ modes:
   cfg [CONFIG.yaml] [key=value ...]      print every config key with type, default and help (or the resolved config)
   data check ROOT                        corrupt files, duplicates (also across splits), class balance
   data split ROOT [ratios=8:1:1] [seed=0] [out=split_manifest.csv]   seeded stratified split manifest
+  seeds CONFIG.yaml [n=5] [key=value ...]          the run over n seeds: mean, std, 95 % CI (skips finished seeds)
+  compare COMPARE.yaml [n=5] [metric=test/acc]     baseline vs variants over matched seeds: differences, CIs, p-values
+  sweep CONFIG.yaml SPACE.yaml [trials=N] [timeout=S] [storage=URL] [worker=true] [confirm=K n=5] [key=value ...]
+                                         grid / random / TPE search (Optuna), median pruning, then confirm over seeds
+  (distributed: torchrun --nproc_per_node=N -m visionlab train ...)
 """
 
 
@@ -133,8 +138,26 @@ def _reject_unknown(kv: dict) -> None:
         raise ConfigError(f"unknown option {next(iter(kv))!r} for this mode")
 
 
+def cmd_seeds(args: list[str]) -> int:
+    from .cli_experiments import cmd_seeds as run
+
+    return run(args)
+
+
+def cmd_compare(args: list[str]) -> int:
+    from .cli_experiments import cmd_compare as run
+
+    return run(args)
+
+
+def cmd_sweep(args: list[str]) -> int:
+    from .cli_sweep import cmd_sweep as run
+
+    return run(args)
+
+
 MODES = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "cfg": cmd_cfg,
-         "data": cmd_data}
+         "data": cmd_data, "seeds": cmd_seeds, "compare": cmd_compare, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

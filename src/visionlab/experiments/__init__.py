@@ -1,4 +1,4 @@
-"""Many runs and their human views: reports (and, beside them, seeds, sweeps and comparisons)."""
-from visionlab.experiments.report import write_report
+"""Many runs and their human views: reports, seeds and comparisons (ablations with statistics)."""
+from visionlab.experiments.report import render_any, write_report
 
-__all__ = ["write_report"]
+__all__ = ["render_any", "write_report"]

@@ -332,3 +332,27 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     atomic_write_text(info["run_dir"] / "report.md", render_markdown(title, sections))
     atomic_write_text(info["run_dir"] / "report.html", render_html(title, sections))
     return info["run_dir"] / "report.html"
+
+
+def render_any(path: str | os.PathLike) -> Path:
+    """Regenerate the report of any results folder: a comparison (compare.json), a seeds folder (seeds.json), a sweep
+    (sweep.csv) or a single run (summary.json / config.yaml); returns the HTML path."""
+    path = Path(path)
+    if (path / "compare.json").is_file():
+        from visionlab.experiments.compare import render_compare   # lazy: compare imports this module's renderers
+
+        return render_compare(path)
+    if (path / "seeds.json").is_file():
+        from visionlab.experiments.seeds import render_seeds
+
+        return render_seeds(path)
+    if (path / "sweep.csv").is_file():
+        from visionlab.experiments.sweep_report import render_sweep
+
+        return render_sweep(path)
+    if not path.is_dir():
+        raise UserError(f"run directory not found: {path}")
+    if not ((path / "summary.json").is_file() or (path / "config.yaml").is_file()):
+        raise UserError(f"{path}: no summary.json, seeds.json or compare.json; pass a folder made by "
+                        "`visionlab train`, `visionlab seeds` or `visionlab compare`")
+    return write_report(path)

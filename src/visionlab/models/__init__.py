@@ -15,6 +15,7 @@ from .weights import load_weights
 
 MODELS = Registry("model")
 MODELS.register("mnist_cnn", SeedCNN)
+MODELS.register("mnist_cnn_nobn", partial(SeedCNN, batchnorm=False))
 MODELS.register("resnet18_cifar", resnet18_cifar)
 for _name in torchvision_names():
     MODELS.register(_name, partial(TorchvisionClassifier, _name))

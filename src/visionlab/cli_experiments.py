@@ -1,0 +1,78 @@
+"""CLI modes for many runs: `visionlab seeds CONFIG n=5 [key=value ...]` and `visionlab compare COMPARE.yaml ...`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .utils import ConfigError, UserError, read_json
+
+USAGE_SEEDS = "usage: visionlab seeds [CONFIG.yaml] [n=5] [key=value ...]"
+USAGE_COMPARE = "usage: visionlab compare COMPARE.yaml [n=5] [metric=test/acc] [key=value ...]"
+
+
+def _parse(args: list[str], options: tuple[str, ...], usage: str) -> tuple[str | None, dict, list[str]]:
+    """(config path or None, mode options, config overrides): positional config first, then key=value."""
+    cfg_path = args[0] if args and args[0].endswith((".yaml", ".yml")) else None
+    rest = args[1:] if cfg_path else args
+    bad = [a for a in rest if "=" not in a]
+    if bad:
+        raise ConfigError(f"expected key=value, got {bad[0]!r} (the config file comes first and ends in .yaml)\n"
+                          f"{usage}")
+    opts, overrides = {}, []
+    for a in rest:
+        key, value = a.split("=", 1)
+        if key.strip() in options:
+            opts[key.strip()] = value
+        else:
+            overrides.append(a)
+    return cfg_path, opts, overrides
+
+
+def _int(value: str | None, key: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{key}: expected an integer, got {value!r} (e.g. {key}=5)") from None
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_seeds(args: list[str]) -> int:
+    """Train seeds 0..n-1 of a config (skipping finished, resuming interrupted ones) and report mean/std/CI."""
+    from .experiments import seeds
+
+    cfg_path, opts, overrides = _parse(args, ("n",), USAGE_SEEDS)
+    n = _int(opts.get("n", "5"), "n")
+    html = seeds.run_seeds(cfg_path, overrides, n)
+    data = read_json(html.parent / "seeds.json")
+    header = ["metric", "n", "mean", "std", "95% CI", "min", "max"]
+    rows = [[label, str(st["n"]), seeds.fmt(st["mean"], kind), seeds.fmt(st["std"], kind), seeds.ci_text(st, kind),
+             seeds.fmt(st["min"], kind), seeds.fmt(st["max"], kind)]
+            for key, label, kind in seeds.SEED_METRICS for st in [data["stats"][key]]]
+    print(_text_table(header, rows))
+    print(f"report: {html}")
+    print(html.parent)
+    return 0
+
+
+def cmd_compare(args: list[str]) -> int:
+    """Train every variant of a COMPARE.yaml over n seeds and report differences to the baseline."""
+    from .experiments import compare
+
+    path, opts, overrides = _parse(args, ("n", "metric"), USAGE_COMPARE)
+    if path is None:
+        raise UserError(f"pass a compare file first (see configs/compare_*.yaml)\n{USAGE_COMPARE}")
+    spec = compare.load_spec(path, overrides, n=_int(opts.get("n"), "n"), metric=opts.get("metric"))
+    html = compare.run_compare(spec)
+    header, rows = compare.results_table(read_json(Path(html).parent / "compare.json"))
+    print(f"{spec.metric}, n={spec.n} seeds per variant")
+    print(_text_table(header, rows))
+    print(f"report: {html}")
+    print(html.parent)
+    return 0
