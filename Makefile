@@ -11,7 +11,9 @@ test:            ## the whole test suite (reads real data from $$VISIONLAB_DATA,
 	@scripts/setup.sh --dev
 	.venv/bin/python -m pytest
 
-bench:           ## the speed benchmarks of issue 2 (minutes)
+bench:           ## the speed benchmarks (about 15 minutes on 2 cores)
 	@scripts/setup.sh --dev
 	.venv/bin/python benchmarks/train_throughput.py
 	.venv/bin/python benchmarks/time_to_accuracy.py
+	.venv/bin/python benchmarks/ddp_scaling.py
+	.venv/bin/python benchmarks/sweep_overhead.py
