@@ -32,7 +32,8 @@ def test_train_writes_complete_run_dir(demo_run):
     assert "test/acc=" in r.stdout
     for f in ("config.yaml", "env.json", "metrics.csv", "summary.json", "checkpoints/best.safetensors",
               "checkpoints/best.json", "checkpoints/last.safetensors", "report.md", "report.html",
-              "confusion_matrix.png", "curves.png", "errors.png", "data_report.json", "data_report.md"):
+              "confusion_matrix.png", "curves.png", "errors.png", "cam_gallery.png", "data_report.json",
+              "data_report.md"):
         assert (run_dir / f).is_file(), f
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["test/acc"] > 0.9                          # 10 classes: chance is 0.1

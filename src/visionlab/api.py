@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import run as _run
+from .experiments.cam_gallery import write_cam_gallery
 from .experiments.report import render_any, write_report
 
 
@@ -11,6 +12,7 @@ def train(cfg=None, overrides: list[str] | None = None, on_epoch_end: list | Non
     """Train a run (``cfg``: Config, dict, YAML path or None for the embedded default) and write its report."""
     result = _run.train(cfg, overrides, on_epoch_end)
     if result.summary:                  # empty on ranks other than 0 of a distributed run
+        write_cam_gallery(result.run_dir)
         write_report(result.run_dir)
     return result
 

@@ -12,10 +12,15 @@ modes:
   train [CONFIG.yaml] [key=value ...]    train a run (no config: the embedded MNIST-5k demo); resume=RUN_DIR continues
   eval RUN_DIR [split=test|val|train]    re-evaluate the best checkpoint
   predict RUN_DIR IMAGE... [topk=5]      top-k classes per image
-  report RUN_DIR                         regenerate report.md / report.html and plots
+  report DIR                             regenerate the report of a run, seeds, compare or sweep folder
+  explain RUN_DIR IMAGE... [method=gradcam|cam] [layer=NAME] [class=NAME|pred] [out=DIR]   CAM / Grad-CAM overlays
   cfg [CONFIG.yaml] [key=value ...]      print every config key with type, default and help (or the resolved config)
   data check ROOT                        corrupt files, duplicates (also across splits), class balance
   data split ROOT [ratios=8:1:1] [seed=0] [out=split_manifest.csv]   seeded stratified split manifest
+  data crop SRC OUT [format=auto|voc|coco|yolo] [margin=0.1] [pad_square=true] [size=64] [names=FILE.yaml]
+                                         one image per labelled box -> OUT/<class>/<stem>_<k>.png + crops.csv
+  data faces SRC OUT [detector=haar|mtcnn] [margin=0.2] [size=112] [min_size=20]   face crops, class folders kept
+  data balance SRC OUT [max_per_class=N] [mode=cap|oversample] [seed=0]          cap or oversample classes
   seeds CONFIG.yaml [n=5] [key=value ...]          the run over n seeds: mean, std, 95 % CI (skips finished seeds)
   compare COMPARE.yaml [n=5] [metric=test/acc]     baseline vs variants over matched seeds: differences, CIs, p-values
   sweep CONFIG.yaml SPACE.yaml [trials=N] [timeout=S] [storage=URL] [worker=true] [confirm=K n=5] [key=value ...]
@@ -111,8 +116,15 @@ def cmd_data(args: list[str]) -> int:
     from .data import check, split
 
     pos, kv = _split_args(args)
+    if pos and pos[0] in ("crop", "faces", "balance"):
+        from . import cli_data
+
+        rest = list(args)
+        rest.remove(pos[0])
+        return {"crop": cli_data.cmd_crop, "faces": cli_data.cmd_faces, "balance": cli_data.cmd_balance}[pos[0]](rest)
     if len(pos) != 2 or pos[0] not in ("check", "split"):
-        raise UserError("usage: visionlab data check ROOT | visionlab data split ROOT [ratios=8:1:1] [seed=0] [out=CSV]")
+        raise UserError("usage: visionlab data check ROOT | visionlab data split ROOT [ratios=8:1:1] [seed=0] [out=CSV]"
+                        " | visionlab data crop|faces|balance SRC OUT [key=value ...]")
     action, root = pos
     if action == "check":
         _reject_unknown(kv)
@@ -150,6 +162,12 @@ def cmd_compare(args: list[str]) -> int:
     return run(args)
 
 
+def cmd_explain(args: list[str]) -> int:
+    from .cli_explain import cmd_explain as run
+
+    return run(args)
+
+
 def cmd_sweep(args: list[str]) -> int:
     from .cli_sweep import cmd_sweep as run
 
@@ -157,7 +175,7 @@ def cmd_sweep(args: list[str]) -> int:
 
 
 MODES = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "cfg": cmd_cfg,
-         "data": cmd_data, "seeds": cmd_seeds, "compare": cmd_compare, "sweep": cmd_sweep}
+         "data": cmd_data, "seeds": cmd_seeds, "compare": cmd_compare, "sweep": cmd_sweep, "explain": cmd_explain}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -245,6 +245,10 @@ def build_sections(info: dict, images: dict) -> tuple[str, list]:
         sections.append(("Misclassified test images",
                          [("text", f"Showing {k} of {total} stored errors (true -> predicted (confidence))."),
                           ("image", file, "misclassified images")]))
+    if (info["run_dir"] / "cam_gallery.png").is_file():
+        sections.append(("Class activation maps",
+                         [("text", "Grad-CAM heatmaps per class: correct (left) and wrong (right) test predictions."),
+                          ("image", "cam_gallery.png", "Grad-CAM gallery")]))
     sections.append(("Data", _data(info, classes)))
     if info["config_text"] is not None:
         sections.append(("Config", [("code", info["config_text"])]))
