@@ -31,3 +31,21 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """metrics.csv rows without the timing columns: what two equivalent runs must share exactly."""
+    import csv
+
+    with (Path(run_dir) / "metrics.csv").open() as f:
+        return [{k: v for k, v in r.items() if k not in ("epoch_s", "img_per_s")} for r in csv.DictReader(f)]
+
+
+def last_checkpoint_step(run_dir: Path) -> int:
+    """The optimizer step of the run's last checkpoint (its JSON sidecar), -1 while there is none."""
+    import json
+
+    try:
+        return json.loads((Path(run_dir) / "checkpoints" / "last.json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return -1

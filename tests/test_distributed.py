@@ -2,7 +2,6 @@
 killed and resumed."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -14,7 +13,7 @@ import time
 import torch
 import torch.multiprocessing as mp
 
-from conftest import DATA, run_cli
+from conftest import DATA, last_checkpoint_step, metrics_rows, run_cli
 from visionlab.data.loaders import _Batches
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -79,18 +78,6 @@ def test_ddp_gradients_equal_single_process_on_the_global_batch(tmp_path):
         assert torch.allclose(ddp_grads[n], p.grad, atol=1e-6, rtol=1e-4), n
 
 
-def _rows(run_dir):
-    return [{k: v for k, v in r.items() if k not in ("epoch_s", "img_per_s")}
-            for r in csv.DictReader((run_dir / "metrics.csv").open())]
-
-
-def _step(run_dir) -> int:
-    try:
-        return json.loads((run_dir / "checkpoints" / "last.json").read_text())["step"]
-    except (OSError, ValueError, KeyError):
-        return -1
-
-
 def test_torchrun_two_processes_train_killed_and_resumed(tmp_path):
     args = ["train.epochs=2", "train.checkpoint_every=10", "train.progress=false", "data.rotation=13"]
     ref = run_cli("train", *args, f"out_dir={tmp_path / 'a'}", "name=ref", python=TORCHRUN)
@@ -104,16 +91,17 @@ def test_torchrun_two_processes_train_killed_and_resumed(tmp_path):
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     run_dir = tmp_path / "b" / "cut"
     deadline = time.time() + 300
-    while _step(run_dir) < 50 and proc.poll() is None and time.time() < deadline:
+    while last_checkpoint_step(run_dir) < 50 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)                      # torchrun and both workers, at once
     proc.wait()
-    assert 50 <= _step(run_dir) < 80, f"not killed mid-epoch 2 (last checkpoint at step {_step(run_dir)})"
+    step = last_checkpoint_step(run_dir)
+    assert 50 <= step < 80, f"not killed mid-epoch 2 (last checkpoint at step {step})"
 
     res = run_cli("train", f"resume={run_dir}", python=TORCHRUN)
     assert res.returncode == 0, res.stderr
     b = json.loads((run_dir / "summary.json").read_text())
     assert b["test/acc"] == a["test/acc"] and b["confusion"] == a["confusion"]
-    assert _rows(run_dir) == _rows(tmp_path / "a" / "ref")
+    assert metrics_rows(run_dir) == metrics_rows(tmp_path / "a" / "ref")
     wrong = run_cli("train", f"resume={run_dir}")              # one process cannot continue a 2-process run
     assert wrong.returncode == 1 and "--nproc_per_node=2" in wrong.stderr

@@ -1,7 +1,6 @@
 """A run killed with SIGKILL mid-epoch resumes from its last checkpoint and ends exactly like an uninterrupted run."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -9,22 +8,10 @@ import subprocess
 import sys
 import time
 
-from conftest import DATA, run_cli
+from conftest import DATA, last_checkpoint_step, metrics_rows, run_cli
 
 ARGS = ["train.epochs=3", "train.checkpoint_every=15", "train.progress=false", "data.rotation=13", "seed=7",
         "optim.scheduler=step", "optim.step_size=1", "train.ema_decay=0.99"]
-
-
-def _rows(run_dir):
-    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
-    return [{k: v for k, v in r.items() if k not in ("epoch_s", "img_per_s")} for r in rows]
-
-
-def _last_step(run_dir) -> int:
-    try:
-        return json.loads((run_dir / "checkpoints" / "last.json").read_text())["step"]
-    except (OSError, ValueError, KeyError):
-        return -1
 
 
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
@@ -38,11 +25,11 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
                              "name=killed"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = tmp_path / "b" / "killed"
     deadline = time.time() + 300
-    while _last_step(run_dir) < 45 and proc.poll() is None and time.time() < deadline:
+    while last_checkpoint_step(run_dir) < 45 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = _last_step(run_dir)
+    killed_at = last_checkpoint_step(run_dir)
     assert 45 <= killed_at < 120, f"the run was not killed mid-training (last checkpoint at step {killed_at})"
     assert not (run_dir / "summary.json").exists()
 
@@ -53,7 +40,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     b = json.loads((run_dir / "summary.json").read_text())
     assert b["test/acc"] == a["test/acc"] and b["test/loss"] == a["test/loss"]
     assert b["confusion"] == a["confusion"]
-    assert _rows(run_dir) == _rows(ref_dir)
+    assert metrics_rows(run_dir) == metrics_rows(ref_dir)
 
 
 def test_resume_true_finds_newest_run(tmp_path):

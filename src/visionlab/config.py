@@ -218,12 +218,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     d: dict = copy.deepcopy(DEFAULT_JOB) if path is None else {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p} (see configs/ for examples)")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        d = read_yaml(p, "config file not found: {path} (see configs/ for examples)")
         if not isinstance(d, dict):
             raise ConfigError(f"{p}: expected a mapping of sections at the top level")
         d.setdefault("name", p.stem if p.name != "config.yaml" else p.parent.name)
@@ -231,6 +226,17 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
         over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         d = merge(d, over)
     return from_dict(d)
+
+
+def read_yaml(path: str | os.PathLike, missing: str):
+    """Parse a YAML file (an empty file is {}); ``missing`` is the error text when it is absent ({path} filled in)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(missing.format(path=path))
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
 
 
 def dump_yaml(cfg: Config) -> str:

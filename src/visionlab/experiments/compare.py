@@ -6,7 +6,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from visionlab import config as C
 from visionlab.experiments import seeds as S
@@ -56,12 +55,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, n: int | Non
 
     Every variant's config is resolved here, so a typo fails before the first (possibly hour-long) run."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"compare file not found: {path} (see configs/compare_*.yaml)")
-    try:
-        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    d = C.read_yaml(path, "compare file not found: {path} (see configs/compare_*.yaml)")
     if not isinstance(d, dict) or set(d) - SPEC_KEYS:
         extra = sorted(set(d) - SPEC_KEYS) if isinstance(d, dict) else "?"
         raise ConfigError(f"{path}: unknown keys {extra}; a compare file has {sorted(SPEC_KEYS)}")

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
-import yaml
 
 from visionlab import config as C
 from visionlab.utils import ConfigError, closest
@@ -134,12 +133,7 @@ def _prune(path, value) -> dict | None:
 def load_space(path: str | Path, trials: int | None = None, timeout: float | None = None) -> Space:
     """Read and check SPACE.yaml; ``trials``/``timeout`` (from the command line) replace the file's budget."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"search space not found: {path} (see configs/sweep_seed_lr_grid.yaml for the format)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    raw = C.read_yaml(path, "search space not found: {path} (see configs/sweep_seed_lr_grid.yaml for the format)")
     if not isinstance(raw, dict):
         _fail(path, "expected a mapping with strategy:, params:, ... at the top level")
     _check_keys(path, "the search space", raw, TOP_KEYS)
