@@ -4,17 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import run as _run
-from .experiments.cam_gallery import write_cam_gallery
 from .experiments.report import render_any, write_report
+from .experiments.training import train_and_report
 
 
 def train(cfg=None, overrides: list[str] | None = None, on_epoch_end: list | None = None) -> _run.RunResult:
     """Train a run (``cfg``: Config, dict, YAML path or None for the embedded default) and write its report."""
-    result = _run.train(cfg, overrides, on_epoch_end)
-    if result.summary:                  # empty on ranks other than 0 of a distributed run
-        write_cam_gallery(result.run_dir)
-        write_report(result.run_dir)
-    return result
+    return train_and_report(cfg, overrides, on_epoch_end)
 
 
 def evaluate(run_dir: str | Path, split: str = "test") -> dict:

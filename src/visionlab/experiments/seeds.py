@@ -12,9 +12,9 @@ from pathlib import Path
 import yaml
 
 from visionlab import config as C
-from visionlab import run as _run
 from visionlab.experiments import plots, stats
-from visionlab.experiments.report import render_html, render_markdown, write_report
+from visionlab.experiments.report import render_html, render_markdown
+from visionlab.experiments.training import train_and_report
 from visionlab.utils import UserError, atomic_write_text, read_json, write_json
 
 # (key in a seed record, label, format kind for report._fmt-like formatting)
@@ -57,11 +57,8 @@ def check_same_config(run_dir: Path, cfg: C.Config) -> None:
 
 
 def train_run(cfg: C.Config):
-    """One run and its human report: what the public ``visionlab.train`` does (api.py is L5, above experiments)."""
-    result = _run.train(cfg)
-    if result.summary:                  # empty on ranks other than 0 of a distributed run, as in api.train
-        write_report(result.run_dir)
-    return result
+    """One seed's run with its gallery and report, as the public ``visionlab.train`` makes it."""
+    return train_and_report(cfg)
 
 
 def ensure_seed(cfg: C.Config, parent: Path, seed: int, log=None) -> str:

@@ -17,9 +17,8 @@ import optuna
 from optuna.trial import TrialState
 
 from visionlab import config as C
-from visionlab import run as _run
 from visionlab.experiments import sweep_space as S
-from visionlab.experiments.report import write_report
+from visionlab.experiments.training import train_and_report
 from visionlab.utils import ConfigError, UserError
 
 LIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)    # trials that use up the budget
@@ -106,10 +105,8 @@ class _Objective:
         trial.set_user_attr("run_dir", str(self.sweep_dir / cfg["name"]))
         trial.set_user_attr("config", C.to_dict(C.from_dict(cfg)))   # best.yaml comes from here, on any machine
         values: list[float] = []
-        result = _run.train(cfg, None, on_epoch_end=[self._pruning_callback(trial, values)])
+        result = train_and_report(cfg, None, [self._pruning_callback(trial, values)], report=self.space.report)
         trial.set_user_attr("run_dir", str(result.run_dir))
-        if self.space.report:
-            write_report(result.run_dir)
         return max(values) if self.space.direction == "maximize" else min(values)
 
     def _pruning_callback(self, trial: optuna.Trial, values: list):
