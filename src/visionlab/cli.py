@@ -14,6 +14,8 @@ modes:
   predict RUN_DIR IMAGE... [topk=5]      top-k classes per image
   report DIR                             regenerate the report of a run, seeds, compare or sweep folder
   explain RUN_DIR IMAGE... [method=gradcam|cam] [layer=NAME] [class=NAME|pred] [out=DIR]   CAM / Grad-CAM overlays
+  similar RUN_DIR IMAGE [k=8] [metric=cosine|euclidean] [out=DIR]   nearest training images, as a grid
+  similar RUN_DIR eval [k=10] [metric=cosine|euclidean]             retrieval recall@k and mAP@k (test vs train)
   cfg [CONFIG.yaml] [key=value ...]      print every config key with type, default and help (or the resolved config)
   data check ROOT                        corrupt files, duplicates (also across splits), class balance
   data split ROOT [ratios=8:1:1] [seed=0] [out=split_manifest.csv]   seeded stratified split manifest
@@ -168,6 +170,12 @@ def cmd_explain(args: list[str]) -> int:
     return run(args)
 
 
+def cmd_similar(args: list[str]) -> int:
+    from .cli_similar import cmd_similar as run
+
+    return run(args)
+
+
 def cmd_sweep(args: list[str]) -> int:
     from .cli_sweep import cmd_sweep as run
 
@@ -175,7 +183,8 @@ def cmd_sweep(args: list[str]) -> int:
 
 
 MODES = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "cfg": cmd_cfg,
-         "data": cmd_data, "seeds": cmd_seeds, "compare": cmd_compare, "sweep": cmd_sweep, "explain": cmd_explain}
+         "data": cmd_data, "seeds": cmd_seeds, "compare": cmd_compare, "sweep": cmd_sweep, "explain": cmd_explain,
+         "similar": cmd_similar}
 
 
 def main(argv: list[str] | None = None) -> int:
