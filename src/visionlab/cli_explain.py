@@ -1,8 +1,7 @@
 """CLI mode `visionlab explain RUN_DIR IMAGE... [method=gradcam|cam] [layer=NAME] [class=NAME|pred] [out=DIR]`."""
 from __future__ import annotations
 
-from pathlib import Path
-
+from .cli_args import split_options
 from .utils import ConfigError, UserError
 
 USAGE = "usage: visionlab explain RUN_DIR IMAGE [IMAGE ...] [method=gradcam|cam] [layer=NAME] [class=NAME|pred] " \
@@ -15,15 +14,7 @@ def cmd_explain(args: list[str]) -> int:
     from .experiments.cam_gallery import explain_images
     from .explain import METHODS
 
-    pos, kv = [], {}
-    for a in args:
-        key = a.split("=", 1)[0]
-        if "=" in a and key in OPTIONS and not Path(a).exists():
-            kv[key] = a.split("=", 1)[1]
-        elif "=" in a and not Path(a).exists():
-            raise ConfigError(f"unknown option {key!r} for explain (options: {', '.join(OPTIONS)})\n{USAGE}")
-        else:
-            pos.append(a)
+    pos, kv = split_options(args, "explain", OPTIONS, USAGE)
     if len(pos) < 2:
         raise UserError(USAGE)
     method = kv.get("method", "gradcam")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .cli_args import split_options
 from .utils import ConfigError, UserError
 
 USAGE = "usage: visionlab similar RUN_DIR IMAGE [k=8] [metric=cosine|euclidean] [out=DIR]\n" \
@@ -12,15 +13,7 @@ OPTIONS = ("k", "metric", "out")
 
 
 def _parse(args: list[str]) -> tuple[list[str], dict]:
-    pos, kv = [], {}
-    for a in args:
-        key = a.split("=", 1)[0]
-        if "=" in a and key in OPTIONS and not Path(a).exists():
-            kv[key] = a.split("=", 1)[1]
-        elif "=" in a and not Path(a).exists():
-            raise ConfigError(f"unknown option {key!r} for similar (options: {', '.join(OPTIONS)})\n{USAGE}")
-        else:
-            pos.append(a)
+    pos, kv = split_options(args, "similar", OPTIONS, USAGE)
     if len(pos) != 2:
         raise UserError(USAGE)
     return pos, kv
