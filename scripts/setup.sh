@@ -7,12 +7,14 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 dev=0; [ "${1:-}" = "--dev" ] && dev=1
 
-if [ "$dev" = 1 ] && { [ ! -d /usr/share/datasets/fashion-mnist ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } \
+if [ "$dev" = 1 ] && { [ ! -d /usr/share/datasets/fashion-mnist ] || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+        || [ ! -x /usr/bin/chromium ]; } \
     && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   # Fashion-MNIST (tests read it) and a PostgreSQL server (the shared-sweep test starts its own) come from the OS;
-  # best effort, the tests say what is missing.
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist postgresql) >/dev/null 2>&1 \
-    || echo "note: could not install dataset-fashion-mnist postgresql (apt)" >&2
+  # Chromium drives the app's browser test (Playwright, never `playwright install`). Best effort; the tests say
+  # what is missing.
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist postgresql chromium) >/dev/null 2>&1 \
+    || echo "note: could not install dataset-fashion-mnist postgresql chromium (apt)" >&2
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
