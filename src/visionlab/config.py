@@ -42,6 +42,8 @@ class DataConfig:
     cache_dir: str = opt("", "where decoded-dataset caches go; empty -> ~/.cache/visionlab")
     num_workers: int = opt(2, "DataLoader workers for datasets that do not fit in memory")
     limit: int = opt(0, "use at most this many images per split (quick experiments); 0 = all")
+    bootstrap: bool = opt(False, "train on a bootstrap resample of the train split drawn with the run's seed "
+                                 "(bagging ensembles)")
 
 
 @dataclass
@@ -49,6 +51,16 @@ class ModelConfig:
     name: str = opt("mnist_cnn", "architecture name from the model registry (`visionlab cfg` lists them)")
     weights: str = opt("", "local file with pretrained weights (safetensors or torch state dict)")
     pretrained: bool = opt(False, "load the architecture's pretrained weights (needs model.weights, or download=true)")
+    download: bool = opt(False, "with pretrained=true and no weights file: fetch torchvision/timm weights (network)")
+    stem: str = opt("auto", "auto|imagenet|cifar: cifar = 3x3 stride-1 stem, no max-pool (small images); auto: cifar "
+                            "below 64 px unless pretrained")
+    spec: str = opt("", "YAML layer spec for model.name=spec_cnn (see configs/spec_cnn_example.yaml)")
+    max_params: float = opt(0.0, "parameter budget: fail before training when the model is larger; 0 = none")
+    drop_path: float = opt(0.0, "stochastic depth rate for models with residual blocks that support it")
+    input_size: int = opt(0, "resize each batch to this square size before the model (ImageNet backbones: 224); "
+                             "0 = the data size")
+    freeze: str = opt("0", "freeze the backbone from the input side: a fraction of its layers (0, 0.25, 0.5, 1) or "
+                           "stages:N")
 
 
 @dataclass
@@ -65,6 +77,7 @@ class OptimConfig:
     milestones: list = opt([], "multistep: epochs at which lr is multiplied by gamma")
     warmup_epochs: float = opt(0.0, "linear warmup from 0 over this many epochs (fractional allowed)")
     min_lr: float = opt(0.0, "cosine: final learning rate")
+    backbone_lr_mult: float = opt(1.0, "discriminative learning rates: backbone lr = lr x this, the head gets lr")
 
 
 @dataclass
@@ -83,6 +96,12 @@ class TrainConfig:
     threads: int = opt(0, "torch CPU threads; 0 = all cores")
     progress: bool = opt(True, "show a progress bar on stderr")
     tensorboard: bool = opt(True, "write TensorBoard events when tensorboard is installed")
+    unfreeze_epochs: list = opt([], "gradual unfreezing: at each listed epoch release one more frozen layer group, "
+                                    "from the head backwards")
+    progressive_stages: int = opt(0, "progressive resizing: N stages from progressive_min_size up to the full size, "
+                                     "augmentation and mixing strength rising with it (EfficientNetV2); 0 = off")
+    progressive_min_size: int = opt(0, "first-stage image size; 0 = half the full size")
+    progressive_min_reg: float = opt(0.25, "first-stage fraction of rotation/crop/cutmix/mixup strength")
 
 
 @dataclass
