@@ -25,6 +25,8 @@ modes:
   data balance SRC OUT [max_per_class=N] [mode=cap|oversample] [seed=0]          cap or oversample classes
   seeds CONFIG.yaml [n=5] [key=value ...]          the run over n seeds: mean, std, 95 % CI (skips finished seeds)
   compare COMPARE.yaml [n=5] [metric=test/acc]     baseline vs variants over matched seeds: differences, CIs, p-values
+  ensemble RUN_DIR|SEEDS_DIR ... [vote=soft|hard|both] [tta=none|flip] [split=test] [out=DIR]
+                                         soft/hard voting of finished runs vs their members' mean +- std
   sweep CONFIG.yaml SPACE.yaml [trials=N] [timeout=S] [storage=URL] [worker=true] [confirm=K n=5] [key=value ...]
                                          grid / random / TPE search (Optuna), median pruning, then confirm over seeds
   (distributed: torchrun --nproc_per_node=N -m visionlab train ...)
@@ -164,6 +166,12 @@ def cmd_compare(args: list[str]) -> int:
     return run(args)
 
 
+def cmd_ensemble(args: list[str]) -> int:
+    from .cli_experiments import cmd_ensemble as run
+
+    return run(args)
+
+
 def cmd_explain(args: list[str]) -> int:
     from .cli_explain import cmd_explain as run
 
@@ -183,7 +191,7 @@ def cmd_sweep(args: list[str]) -> int:
 
 
 MODES = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "cfg": cmd_cfg,
-         "data": cmd_data, "seeds": cmd_seeds, "compare": cmd_compare, "sweep": cmd_sweep, "explain": cmd_explain,
+         "data": cmd_data, "seeds": cmd_seeds, "compare": cmd_compare, "sweep": cmd_sweep, "ensemble": cmd_ensemble, "explain": cmd_explain,
          "similar": cmd_similar}
 
 

@@ -76,3 +76,31 @@ def cmd_compare(args: list[str]) -> int:
     print(f"report: {html}")
     print(html.parent)
     return 0
+
+
+USAGE_ENSEMBLE = ("usage: visionlab ensemble RUN_DIR|SEEDS_DIR [RUN_DIR ...] [vote=soft|hard|both] [tta=none|flip] "
+                  "[split=test] [out=DIR]")
+
+
+def cmd_ensemble(args: list[str]) -> int:
+    """Evaluate an ensemble of finished runs against its members' mean +- std."""
+    from .cli_args import split_options
+    from .experiments.ensemble import VOTES, ensemble
+
+    pos, kv = split_options(args, "ensemble", ("vote", "tta", "split", "out"), USAGE_ENSEMBLE)
+    if not pos:
+        raise UserError(USAGE_ENSEMBLE)
+    r = ensemble(pos, kv.get("vote", "both"), kv.get("tta", "none"), kv.get("split", "test"), kv.get("out"))
+    std = f" +- {100 * r['member_std']:.2f}" if r["member_std"] is not None else ""
+    rows = [[f"members ({len(r['members'])})", f"{100 * r['member_mean']:.2f}{std}", "", ""],
+            ["best member", f"{100 * r['member_best']:.2f}", "", ""]]
+    for how in VOTES:
+        if how in r:
+            lo, hi = r[how]["gain_ci95_pp"]
+            rows.append([f"{how} vote", f"{100 * r[how]['acc']:.2f}", f"{r[how]['gain_vs_mean_pp']:+.2f}",
+                         f"[{lo:+.2f}, {hi:+.2f}]"])
+    print(f"{r['split']} split, {r['n_images']} images, tta={r['tta']}")
+    print(_text_table(["", "acc %", "gain pp", "95% CI"], rows))
+    print(f"report: {Path(r['out']) / 'report.html'}")
+    print(r["out"])
+    return 0

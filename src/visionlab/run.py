@@ -11,6 +11,7 @@ import torch
 
 from . import config as C
 from .data import build_splits
+from .data.split import bootstrap
 from .data.base import DataInfo
 from .data.loaders import build_loader
 from .engine import (FitContext, build_optimizer, build_scheduler, evaluate as run_eval, fit, load_checkpoint,
@@ -52,11 +53,14 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
     seed_everything(cfg.seed)
 
     splits = build_splits(cfg.data)
+    if cfg.data.bootstrap:                      # a bagging member: n draws with replacement from the train split
+        splits.train = bootstrap(splits.train, cfg.seed)
     if dist.main:
         _write_data_reports(splits, run_dir)
     info = splits.info()
     gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * dist.rank)   # augmentation; saved in checkpoints
     task = TASKS.get(cfg.task)(cfg, info, gen)
+    info = getattr(task, "info", info)          # a pretrained backbone brings its own mean/std
     task.model.to(device)
     if cfg.train.channels_last:
         task.model.to(memory_format=torch.channels_last)
@@ -189,10 +193,11 @@ def _resume_dir(cfg: C.Config) -> Path | None:
 
 def _test_summary(task, state, splits, cfg: C.Config, run_dir: Path, device, precision: str) -> dict:
     """Evaluate the best checkpoint on the test split; the summary.json of the run."""
-    info = splits.info()
+    info = getattr(task, "info", splits.info())
     summary = {"task": cfg.task, "dataset": cfg.data.name, "model": cfg.model.name, "classes": info.classes,
                "params": count_params(task.model),
-               "flops_per_image": flops_per_image(task.model, info.channels, info.image_size),
+               "flops_per_image": flops_per_image(task.model, info.channels,
+                                                  getattr(task, "input_size", info.image_size)),
                "best_epoch": state.best_epoch, "epochs_run": state.epoch, "best/val/acc": state.best,
                "device": str(device), "precision": precision, "data_source": splits.source,
                "train_size": len(splits.train), "val_size": len(splits.val) if splits.val else 0,

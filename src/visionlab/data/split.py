@@ -215,3 +215,10 @@ def splits_from_pool(cfg, x, y, classes, source: str, preprocess: dict) -> Split
     tr, va, te = split_train_val_test(y, cfg.split, cfg.val_fraction, cfg.split_seed)
     sets = [None if i is None else ImageSet(labels=y[i], images=x[i], names=_names("sample", i)) for i in (tr, va, te)]
     return make_splits(*sets, classes, source=source, preprocess=preprocess)
+
+
+def bootstrap(split: ImageSet, seed: int) -> ImageSet:
+    """A bootstrap resample (n draws with replacement) of ``split``, seeded: one member of a bagging ensemble.
+    About 63 % of the distinct images appear; the rest are that member's out-of-bag set."""
+    rng = np.random.default_rng(10_007 + seed)      # its own stream: the same seed still shuffles the same way
+    return split.subset(np.sort(rng.integers(0, len(split), len(split))))

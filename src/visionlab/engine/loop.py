@@ -148,6 +148,7 @@ def _train_step(task, ctx: FitContext, batch) -> dict:
 
 def _run_epoch(task, train_loader, ctx: FitContext, state: FitState) -> None:
     task.model.train()
+    task.on_train_epoch_start(state.epoch)      # epoch-dependent settings (unfreezing, progressive size)
     train_loader.set_position(state.epoch, state.batch)
     run = state.running or {"n": 0, "loss": 0.0, "acc": 0.0, "seconds": 0.0}
     bar = progress(train_loader, state, ctx.cfg, enabled=ctx.dist.main)

@@ -33,6 +33,10 @@ class Task:
         """uint8 NHWC images -> task output (class probabilities for classification)."""
         raise NotImplementedError
 
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Called after ``model.train()`` at the start (and resume) of each 0-based epoch; a function of the epoch
+        only, so a resumed run is set up exactly like an uninterrupted one."""
+
     def param_groups(self, optim_cfg) -> list[dict]:
         """Parameter groups for the optimizer; weight decay skips norms and biases (1-D tensors)."""
         decay, no_decay = [], []

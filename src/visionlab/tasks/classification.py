@@ -1,14 +1,16 @@
 """Image classification: cross-entropy (label smoothing, CutMix/MixUp targets), top-k, ECE, error examples."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.transforms import BatchAugment, mix_batch
+from ..data.transforms import BatchAugment, ProgressiveSchedule, mix_batch
 from ..metrics.classification import ClassificationMetrics
+from ..models.transfer import apply_freeze, freeze_norm_stats, frozen_layers, split_params
 from .base import Task
 
 
@@ -20,18 +22,55 @@ class ClassificationParams:
     mixup: float = 0.0               # MixUp Beta alpha; 0 = off
     mix_prob: float = 1.0            # chance that a batch is mixed when either is on
     max_examples: int = 64           # misclassified test images kept for the report gallery
+    freeze: str = "0"                # backbone layers frozen from the input side: a fraction or "stages:N"
+    unfreeze_epochs: tuple = ()      # 1-based epochs at whose start one more frozen stage is released
+    backbone_lr_mult: float = 1.0    # backbone lr = lr x this (discriminative learning rates)
 
 
 class ClassificationTask(Task):
     primary_metric = ("val/acc", "max")
 
-    def __init__(self, model, params: ClassificationParams, train_tf: BatchAugment, eval_tf: BatchAugment):
+    def __init__(self, model, params: ClassificationParams, train_tf: BatchAugment, eval_tf: BatchAugment,
+                 progressive: ProgressiveSchedule | None = None):
         super().__init__(model)
         self.p = params
         self.train_tf, self.eval_tf = train_tf, eval_tf
+        self.progressive = progressive
+        # full-strength augmentation; progressive resizing scales these down in early stages
+        self._full_reg = (train_tf.rotation, train_tf.crop_padding, params.cutmix, params.mixup)
         self.metrics = ClassificationMetrics(params.num_classes)
         self._examples: list | None = None
         self._seen = 0
+        self._frozen: list = []
+        self.on_train_epoch_start(0)      # freeze now, before an optimizer or DDP sees the parameters
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Set what depends only on the (0-based) epoch, so a resumed run gets it back exactly: the frozen layers
+        after gradual unfreezing, and the progressive image size with its augmentation strength."""
+        model = getattr(self.model, "module", self.model)        # under DDP, the wrapped model
+        if self.p.freeze not in ("0", "0.0", "") or self._frozen:
+            released = sum(e <= epoch + 1 for e in self.p.unfreeze_epochs)
+            self._frozen = frozen_layers(model, self.p.freeze, released)
+            apply_freeze(model, self._frozen)
+            if model.training:
+                freeze_norm_stats(self._frozen)
+        if self.progressive is not None:
+            size, reg = self.progressive.at(epoch)
+            rotation, padding, cutmix, mixup = self._full_reg
+            self.train_tf.size = size
+            self.train_tf.rotation, self.train_tf.crop_padding = rotation * reg, int(round(padding * reg))
+            self.p.cutmix, self.p.mixup = cutmix * reg, mixup * reg
+
+    def param_groups(self, optim_cfg) -> list[dict]:
+        """Backbone and head groups (the backbone at lr x backbone_lr_mult); weight decay skips norms and biases.
+        Frozen parameters stay in the optimizer (they get no gradient, so no update) for gradual unfreezing."""
+        backbone, head = split_params(getattr(self.model, "module", self.model))
+        groups = []
+        for params, mult in ((backbone, self.p.backbone_lr_mult), (head, 1.0)):
+            extra = {} if mult == 1.0 else {"lr": optim_cfg.lr * mult}
+            groups.append({"params": [p for p in params if p.ndim > 1], **extra})
+            groups.append({"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, **extra})
+        return [g for g in groups if g["params"]]
 
     def training_step(self, batch) -> dict:
         images, labels = batch
@@ -86,15 +125,51 @@ class ClassificationTask(Task):
 
 
 def build_classification(cfg, info, generator: torch.Generator) -> ClassificationTask:
-    """The model, its batch transforms and the loss settings for a classification run (``info``: a DataInfo)."""
+    """The model, its batch transforms and the loss settings for a classification run (``info``: a DataInfo).
+
+    Transfer learning lives here: pretrained preprocessing (mean, std, input size), freezing, discriminative
+    learning rates and progressive resizing. The task's ``info`` carries the normalization actually used."""
     from ..models import build_model
 
-    model = build_model(cfg.model.name, info.num_classes, info.channels, pretrained=cfg.model.pretrained,
-                        weights=cfg.model.weights, image_size=info.image_size[0])
-    d = cfg.data
+    m, d, t = cfg.model, cfg.data, cfg.train
+    size = info.image_size[0]
+    if m.stem == "auto":        # resolved once and stored in the sidecar, so load_run rebuilds the same network
+        m.stem = "cifar" if size < 64 and not m.pretrained else "imagenet"
+    import inspect  # TEMP until the zoo's build_model takes these
+    extra = dict(stem=m.stem, drop_path=m.drop_path, spec=m.spec, max_params=m.max_params, download=m.download)
+    if "stem" not in inspect.signature(build_model).parameters:
+        extra = {}
+    model = build_model(m.name, info.num_classes, info.channels, pretrained=m.pretrained, weights=m.weights,
+                        image_size=m.input_size or size, **extra)
+    info = _pretrained_preprocessing(model, info, cfg)
+    input_size = m.input_size or size
     train_tf = BatchAugment(info.mean, info.std, train=True, rotation=d.rotation, crop_padding=d.crop_padding,
-                            hflip=d.hflip, normalize=d.normalize, generator=generator)
-    eval_tf = BatchAugment(info.mean, info.std, train=False, normalize=d.normalize)
-    params = ClassificationParams(num_classes=info.num_classes, label_smoothing=cfg.train.label_smoothing,
-                                  cutmix=d.cutmix, mixup=d.mixup, mix_prob=d.mix_prob)
-    return ClassificationTask(model, params, train_tf, eval_tf)
+                            hflip=d.hflip, normalize=d.normalize, generator=generator, size=m.input_size)
+    eval_tf = BatchAugment(info.mean, info.std, train=False, normalize=d.normalize, size=m.input_size)
+    params = ClassificationParams(num_classes=info.num_classes, label_smoothing=t.label_smoothing,
+                                  cutmix=d.cutmix, mixup=d.mixup, mix_prob=d.mix_prob, freeze=m.freeze,
+                                  unfreeze_epochs=tuple(int(e) for e in t.unfreeze_epochs),
+                                  backbone_lr_mult=cfg.optim.backbone_lr_mult)
+    progressive = None
+    if t.progressive_stages:
+        progressive = ProgressiveSchedule(t.progressive_stages, t.epochs, input_size, t.progressive_min_size,
+                                          t.progressive_min_reg)
+    task = ClassificationTask(model, params, train_tf, eval_tf, progressive)
+    task.info, task.input_size = info, (input_size, input_size)
+    return task
+
+
+def _pretrained_preprocessing(model, info, cfg):
+    """Pretrained weights come with their own normalization; warn when small images meet an ImageNet backbone."""
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    if not cfg.model.pretrained or not pcfg:
+        return info
+    if len(pcfg.get("mean", ())) == info.channels:
+        info = replace(info, mean=tuple(pcfg["mean"]), std=tuple(pcfg["std"]))
+    want = int(pcfg.get("input_size") or 0)
+    have = cfg.model.input_size or info.image_size[0]
+    if want and have < want // 2:
+        warnings.warn(f"{cfg.model.name} was pretrained on {want} px images but gets {have} px ones; its features "
+                      f"work far better at their own scale: set model.input_size={want} (each batch is resized; "
+                      f"costs about {(want / have) ** 2:.0f}x the compute)", stacklevel=2)
+    return info
