@@ -172,3 +172,12 @@ def test_ensemble_cli_reports_members_and_votes(tmp_path):
     assert res["soft"]["acc"] > 0.5 and (tmp_path / "bag" / "ensemble" / "report.html").is_file()
     bad = run_cli("ensemble", str(tmp_path / "bag" / "seed-0"))
     assert bad.returncode != 0 and "at least 2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_pretrained_backbone_brings_its_normalization_and_warns_on_small_images():
+    with pytest.warns(UserWarning, match="model.input_size=224"):
+        task = _task("model.name=tf_efficientnet_lite0", "model.pretrained=true")
+    assert task.info.mean == (0.5, 0.5, 0.5) and task.info.std == (0.5, 0.5, 0.5)
+    assert task.input_size == (32, 32)
+    resized = _task("model.name=tf_efficientnet_lite0", "model.pretrained=true", "model.input_size=224")
+    assert resized.eval_tf(torch.zeros(1, 32, 32, 3, dtype=torch.uint8)).shape == (1, 3, 224, 224)

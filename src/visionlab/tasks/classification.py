@@ -129,18 +129,15 @@ def build_classification(cfg, info, generator: torch.Generator) -> Classificatio
 
     Transfer learning lives here: pretrained preprocessing (mean, std, input size), freezing, discriminative
     learning rates and progressive resizing. The task's ``info`` carries the normalization actually used."""
-    from ..models import build_model
+    from ..models import build_model, resolve_stem
 
     m, d, t = cfg.model, cfg.data, cfg.train
     size = info.image_size[0]
-    if m.stem == "auto":        # resolved once and stored in the sidecar, so load_run rebuilds the same network
-        m.stem = "cifar" if size < 64 and not m.pretrained else "imagenet"
-    import inspect  # TEMP until the zoo's build_model takes these
-    extra = dict(stem=m.stem, drop_path=m.drop_path, spec=m.spec, max_params=m.max_params, download=m.download)
-    if "stem" not in inspect.signature(build_model).parameters:
-        extra = {}
+    # resolved once and stored in the sidecar, so load_run (which rebuilds without pretrained) gets the same network
+    m.stem = resolve_stem(m.stem, m.input_size or size, m.pretrained)
     model = build_model(m.name, info.num_classes, info.channels, pretrained=m.pretrained, weights=m.weights,
-                        image_size=m.input_size or size, **extra)
+                        image_size=m.input_size or size, stem=m.stem, drop_path=m.drop_path, spec=m.spec,
+                        max_params=m.max_params, download=m.download)
     info = _pretrained_preprocessing(model, info, cfg)
     input_size = m.input_size or size
     train_tf = BatchAugment(info.mean, info.std, train=True, rotation=d.rotation, crop_padding=d.crop_padding,
