@@ -208,3 +208,35 @@ def test_cli_options_and_out_folder(synthetic_voc, tmp_path):
         cmd_crop([str(synthetic_voc), str(tmp_path / "o")])
     with pytest.raises(UserError, match="inside the source"):
         cmd_crop([str(synthetic_voc), str(synthetic_voc / "crops")])
+
+
+def test_neu_det_source_splits_crops_by_photo(data_dir, tmp_path):
+    """data.name=neu_det: one sample per box, every crop of a photo in the same split, stratified 8:1:1 by photo."""
+    import csv
+
+    from visionlab import config as C
+    from visionlab.data import build_splits
+
+    neu = data_dir / "neu_det"
+    xmls = [x for c in ("crazing", "inclusion", "scratches")
+            for x in sorted((neu / "annotations").glob(f"{c}_*.xml"))[:20]]
+    src = tmp_path / "neu"
+    (src / "images").mkdir(parents=True)
+    (src / "annotations").mkdir()
+    for x in xmls:
+        os.symlink(x, src / "annotations" / x.name)
+        os.symlink(neu / "images" / f"{x.stem}.jpg", src / "images" / f"{x.stem}.jpg")
+    cfg = C.load_config(None, ["data.name=neu_det", f"data.root={src}", f"data.cache_dir={tmp_path / 'cache'}",
+                               "data.image_size=32", "data.pad_square=true"])
+    s = build_splits(cfg.data)
+    assert s.classes == sorted(_voc_counts(xmls))          # box labels (a few inclusion photos also hold patches)
+    assert len(s.train) + len(s.val) + len(s.test) == sum(_voc_counts(xmls).values())
+    (built,) = (tmp_path / "cache").glob("neu_det_crops-*")
+    with (built / "split.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    split_of_photo = {}
+    for r in rows:
+        assert split_of_photo.setdefault(r["photo"], r["split"]) == r["split"]     # no photo straddles splits
+    per_split = Counter(split_of_photo.values())
+    assert per_split == {"train": 48, "val": 6, "test": 6}                      # 20 photos per class, 8:1:1
+    assert build_splits(cfg.data).train.labels.tolist() == s.train.labels.tolist()   # second time: the cache

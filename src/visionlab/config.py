@@ -22,7 +22,8 @@ def opt(default, help: str):
 
 @dataclass
 class DataConfig:
-    name: str = opt("mnist5k", "dataset: mnist5k (embedded, default), digits, mnist, fashion_mnist, cifar10, cifar100, folder")
+    name: str = opt("mnist5k", "dataset: mnist5k (embedded, default), digits, mnist, fashion_mnist, cifar10, cifar100, "
+                               "trashnet, neu_det (box crops), folder")
     root: str = opt("", "data folder; empty -> $VISIONLAB_DATA/<dataset folder>, else ./data/<dataset folder>")
     download: bool = opt(False, "fetch a missing dataset from the internet (only where a network exists)")
     val_fraction: float = opt(0.1, "fraction of train held out for validation when the source has no val split")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..registry import Registry
-from . import cifar, embedded, folder, idx
+from . import cifar, embedded, folder, idx, neu_det
 from .base import ImageSet, Splits, channel_stats
 from .split import limit_indices
 
@@ -13,6 +13,7 @@ DATASETS.register("cifar10", cifar.build_cifar10)
 DATASETS.register("cifar100", cifar.build_cifar100)
 DATASETS.register("folder", folder.build_folder)
 DATASETS.register("trashnet", folder.build_trashnet)
+DATASETS.register("neu_det", neu_det.build_neu_det)
 DATASETS.register("mnist5k", embedded.build_mnist5k)
 DATASETS.register("digits", embedded.build_digits)
 
