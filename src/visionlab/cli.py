@@ -16,6 +16,8 @@ modes:
   explain RUN_DIR IMAGE... [method=gradcam|cam] [layer=NAME] [class=NAME|pred] [out=DIR]   CAM / Grad-CAM overlays
   similar RUN_DIR IMAGE [k=8] [metric=cosine|euclidean] [out=DIR]   nearest training images, as a grid
   similar RUN_DIR eval [k=10] [metric=cosine|euclidean]             retrieval recall@k and mAP@k (test vs train)
+  app RUN_DIR [RUN_DIR ...] [host=127.0.0.1] [port=7860] [guide=PATH] [max_upload_mb=10] [share=false]
+                                         web app: Image, Webcam, Generate tabs
   cfg [CONFIG.yaml] [key=value ...]      print every config key with type, default and help (or the resolved config)
   data check ROOT                        corrupt files, duplicates (also across splits), class balance
   data split ROOT [ratios=8:1:1] [seed=0] [out=split_manifest.csv]   seeded stratified split manifest
@@ -166,6 +168,12 @@ def cmd_compare(args: list[str]) -> int:
     return run(args)
 
 
+def cmd_app(args: list[str]) -> int:
+    from .cli_app import cmd_app as run
+
+    return run(args)
+
+
 def cmd_ensemble(args: list[str]) -> int:
     from .cli_experiments import cmd_ensemble as run
 
@@ -191,8 +199,8 @@ def cmd_sweep(args: list[str]) -> int:
 
 
 MODES = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "cfg": cmd_cfg,
-         "data": cmd_data, "seeds": cmd_seeds, "compare": cmd_compare, "sweep": cmd_sweep, "ensemble": cmd_ensemble, "explain": cmd_explain,
-         "similar": cmd_similar}
+         "data": cmd_data, "seeds": cmd_seeds, "compare": cmd_compare, "sweep": cmd_sweep, "ensemble": cmd_ensemble,
+         "explain": cmd_explain, "similar": cmd_similar, "app": cmd_app}
 
 
 def main(argv: list[str] | None = None) -> int:

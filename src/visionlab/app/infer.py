@@ -1,0 +1,179 @@
+"""What the tabs share: the loaded runs, classification through run.predict (the evaluation's own decoding), the top
+class drawn on an image, and the prediction files offered for download."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ..config import data_root
+from ..data.decode import try_load
+from ..run import LoadedRun, load_run, predict
+from .guide import find_guide, load_guide
+
+DISPLAY_MAX = 768           # longest side of the image shown back; the model sees its own preprocessing, not this
+NATIVE = {"image_size": 0, "pad_square": False, "grayscale": False}
+KEEP_DOWNLOADS_S = 3600     # prediction files older than this are deleted (they are offered, not archived)
+
+
+@dataclass
+class AppRun:
+    """One run as the app shows it: a display name, the loaded model, its guide and example images."""
+
+    name: str
+    run: LoadedRun
+    guide: dict | None = None
+    examples: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def generative(self) -> bool:
+        """A run whose task can sample images (the Generate tab's contract: ``task.generate(n, seed)``)."""
+        return callable(getattr(self.run.task, "generate", None))
+
+
+def _summary(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _train_cwd(run_dir: Path) -> Path | None:
+    try:
+        cwd = json.loads((run_dir / "env.json").read_text()).get("cwd")
+    except (OSError, ValueError):
+        return None
+    return Path(cwd) if cwd else None
+
+
+def example_files(run: LoadedRun, per_class: int = 1, limit: int = 12) -> list[str]:
+    """Files of the run's own test split (split_manifest.csv of a folder dataset), ``per_class`` per class."""
+    manifest = run.run_dir / "split_manifest.csv"
+    if not manifest.is_file():
+        return []
+    root = data_root(run.cfg.data, run.cfg.data.name)
+    if not root.is_absolute() and _train_cwd(run.run_dir) is not None:
+        root = _train_cwd(run.run_dir) / root          # a relative data root is relative to where training ran
+    with manifest.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("split") == "test"]
+    picked, seen = [], {}
+    for r in rows:
+        path = root / r["file"]
+        if seen.get(r["label"], 0) < per_class and path.is_file():
+            seen[r["label"]] = seen.get(r["label"], 0) + 1
+            picked.append(str(path.resolve()))
+    return picked[:limit]
+
+
+def load_app_runs(run_dirs: list[str | Path], guide: str | Path | None = None) -> list[AppRun]:
+    """Load every run once (best checkpoint, eval mode) with its guide and test-split examples."""
+    out = []
+    for d in run_dirs:
+        run = load_run(d)
+        path = find_guide(run.run_dir, run.cfg.data.name, guide)
+        out.append(AppRun(run.run_dir.name, run, load_guide(path) if path else None, example_files(run),
+                          _summary(run.run_dir)))
+    names = [r.name for r in out]
+    for r in out:                       # seed-0 of two experiments: tell them apart by their parent folder
+        if names.count(r.name) > 1:
+            r.name = f"{r.run.run_dir.parent.name}/{r.run.run_dir.name}"
+    names = [r.name for r in out]
+    for k, r in enumerate(out):         # the same folder given twice: number them
+        if names.count(r.name) > 1:
+            r.name = f"{r.name} #{k + 1}"
+    return out
+
+
+def classify_file(app_run: AppRun, path: str | Path, topk: int = 10) -> list[tuple[str, float]]:
+    """Top-k (class, probability) of one file, decoded exactly as visionlab.predict / evaluation decode it.
+    Raises UserError with the reason for an empty, truncated or non-image file."""
+    return predict(app_run.run, [str(path)], topk=topk)[0]
+
+
+def classify_frame(app_run: AppRun, rgb: np.ndarray, topk: int = 10) -> list[tuple[str, float]]:
+    """Top-k of a decoded RGB frame: saved losslessly (BMP) and read back through the same decoding as files, so a
+    frame and the same picture uploaded as PNG get identical probabilities."""
+    with tempfile.NamedTemporaryFile(suffix=".bmp") as f:
+        Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(f, format="BMP")
+        f.flush()
+        return classify_file(app_run, f.name, topk)
+
+
+def display_image(path: str | Path) -> np.ndarray:
+    """The uploaded picture for display: same robust decoding (EXIF turn, transparency on white), shrunk to fit."""
+    arr, reason = try_load(str(path), NATIVE)
+    if arr is None:
+        raise ValueError(reason)
+    im = Image.fromarray(arr)
+    im.thumbnail((DISPLAY_MAX, DISPLAY_MAX))
+    return np.asarray(im)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)        # Pillow's bundled scalable font (needs FreeType)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def annotate(rgb: np.ndarray, top: list[tuple[str, float]]) -> np.ndarray:
+    """The image with a banner in its bottom-left corner saying the top class and its confidence, as uint8 RGB.
+    Bottom, because Gradio lays the component's label over the top-left corner."""
+    im = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).convert("RGB")
+    cls, p = top[0]
+    text = f"{cls}  {p:.0%}"
+    font = _font(max(12, im.height // 16))
+    draw = ImageDraw.Draw(im, "RGBA")
+    left, top_, right, bottom = draw.textbbox((0, 0), text, font=font)
+    pad = max(4, im.height // 80)
+    y0 = im.height - (bottom - top_) - 2 * pad
+    draw.rectangle((0, y0, right - left + 2 * pad, im.height), fill=(0, 0, 0, 170))   # legible on any photo
+    draw.text((pad - left, y0 + pad - top_), text, font=font, fill=(255, 255, 255))
+    return np.asarray(im)
+
+
+def top_dict(top: list[tuple[str, float]]) -> dict[str, float]:
+    """gr.Label's value: class -> probability."""
+    return {c: float(p) for c, p in top}
+
+
+class Downloads:
+    """A private temporary folder for the files a user may download; cleaned when the app stops."""
+
+    def __init__(self):
+        self.root = Path(tempfile.mkdtemp(prefix="visionlab-app-"))
+
+    def write(self, app_run: AppRun, source: str, top: list[tuple[str, float]], annotated: np.ndarray) -> list[str]:
+        """prediction.json, prediction.csv and annotated.png of one prediction; returns their paths."""
+        self._prune()
+        out = self.root / uuid.uuid4().hex
+        out.mkdir()
+        record = {"file": source, "run": str(app_run.run.run_dir), "model": app_run.name,
+                  "predictions": [{"rank": i + 1, "class": c, "probability": p} for i, (c, p) in enumerate(top)]}
+        (out / "prediction.json").write_text(json.dumps(record, indent=2) + "\n")
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["file", "model", "rank", "class", "probability"])
+        w.writerows([source, app_run.name, i + 1, c, repr(p)] for i, (c, p) in enumerate(top))
+        (out / "prediction.csv").write_text(buf.getvalue())
+        Image.fromarray(annotated).save(out / "annotated.png")
+        return [str(out / n) for n in ("prediction.json", "prediction.csv", "annotated.png")]
+
+    def _prune(self) -> None:
+        cutoff = time.time() - KEEP_DOWNLOADS_S
+        for d in self.root.iterdir():
+            if d.stat().st_mtime < cutoff:
+                shutil.rmtree(d, ignore_errors=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -1,0 +1,84 @@
+"""The web app: a Gradio Blocks page (Image, Webcam and Generate tabs) built from one or more run directories, and
+its launch: 127.0.0.1 by default, an upload size limit, no analytics, nothing fetched from the network."""
+from __future__ import annotations
+
+import atexit
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from ..utils import UserError
+from .guide import missing_classes
+from .infer import AppRun, Downloads, load_app_runs
+from .tabs.generate import build_generate_tab
+from .tabs.image import build_image_tab
+from .tabs.webcam import build_webcam_tab
+
+QUEUE_MAX = 32              # requests waiting at once; more are refused instead of piling up on a 2-core machine
+
+
+def _describe(r: AppRun) -> str:
+    s, cfg = r.summary, r.run.cfg
+    acc = f", test acc {s['test/acc']:.3f} on {s.get('test_size', '?')} images" if "test/acc" in s else ""
+    guide = f"guide `{r.guide['path']}`" if r.guide else "no guide (no info cards)"
+    return (f"- **{r.name}**: {cfg.task}, `{cfg.model.name}` on `{cfg.data.name}`, {len(r.run.classes)} classes"
+            f"{acc}; {guide}")
+
+
+def header_markdown(runs: list[AppRun]) -> str:
+    """The page heading: each run's task, model, data, test accuracy and guide."""
+    return "# visionlab\n\n" + "\n".join(_describe(r) for r in runs)
+
+
+def build_app(runs: list[AppRun], downloads: Downloads) -> gr.Blocks:
+    """The Blocks page for loaded runs. The model picker is shared by the tabs and shown for two or more runs."""
+    with gr.Blocks(title="visionlab", analytics_enabled=False) as demo:
+        gr.Markdown(header_markdown(runs))
+        picker = gr.Dropdown([r.name for r in runs], value=runs[0].name, label="Model",
+                             visible=len(runs) > 1, elem_id="model-picker")
+        with gr.Tabs():
+            build_image_tab(runs, picker, downloads)
+            build_webcam_tab(runs, picker)
+            build_generate_tab(runs)
+    return demo
+
+
+@dataclass
+class Served:
+    """A running app: its Blocks, the URL it listens on, the folder of downloadable files, the loaded runs."""
+
+    demo: gr.Blocks
+    url: str
+    downloads: Downloads
+    runs: list[AppRun]
+
+    def close(self) -> None:
+        self.demo.close()
+        self.downloads.close()
+
+
+def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 7860, guide: str | Path | None = None,
+          max_upload_mb: float = 10, share: bool = False, block: bool = True) -> Served:
+    """Load the runs, build the page and listen on host:port. ``block=False`` returns while the server runs
+    (tests, notebooks); ``block=True`` serves until interrupted."""
+    if not run_dirs:
+        raise UserError("visionlab app needs at least one RUN_DIR (a folder made by `visionlab train`)")
+    runs = load_app_runs(run_dirs, guide)
+    for r in runs:
+        lost = missing_classes(r.guide, r.run.classes)
+        if lost:
+            print(f"note: {r.guide['path']} has no card for {', '.join(lost)} (run {r.name})", flush=True)
+    downloads = Downloads()
+    atexit.register(downloads.close)
+    demo = build_app(runs, downloads)
+    demo.queue(max_size=QUEUE_MAX)
+    allowed = [p for r in runs for p in r.examples]        # exactly the example files, not their folders
+    try:
+        demo.launch(server_name=host, server_port=port, share=share, max_file_size=int(max_upload_mb * 2**20),
+                    prevent_thread_lock=not block, allowed_paths=allowed, ssr_mode=False, mcp_server=False,
+                    enable_monitoring=False, pwa=False, show_error=False, quiet=not block)
+    except OSError as e:
+        downloads.close()
+        raise UserError(f"cannot listen on {host}:{port} ({e}); pass another port=N, or stop what uses it") from None
+    return Served(demo, demo.local_url, downloads, runs)

@@ -1,0 +1,81 @@
+"""The Image tab: upload a picture (or click a test-split example), get the top classes, the class's card, and
+prediction files to download. API name: /classify (file, model) for gradio_client and the HTTP API."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from ...data.decode import IMAGE_EXTS
+from ...utils import UserError
+from ..guide import card_markdown
+from ..infer import AppRun, Downloads, annotate, classify_file, display_image, top_dict
+
+TOPK = 10           # probabilities kept in the downloads; the bar chart shows the first five
+LOW_CONFIDENCE = 0.5    # below this the status line points at the runner-up too
+
+
+def run_by_name(runs: list[AppRun], name: str | None) -> AppRun:
+    """The run chosen in the model picker (the first one when none is chosen)."""
+    return next((r for r in runs if r.name == name), runs[0])
+
+
+def make_classify(runs: list[AppRun], downloads: Downloads):
+    """The event handler: (file path, model name) -> (label, annotated image, card, status, download files).
+
+    A bad upload (empty, truncated, not an image) shows a warning and a status message; nothing is raised, so the
+    page and the server carry on."""
+
+    def classify(path: str | None, model: str | None):
+        if not path:
+            return None, None, "", "Upload an image (JPEG, PNG, WebP, ...) or click an example.", None
+        app_run = run_by_name(runs, model)
+        name = Path(path).name
+        try:
+            picture = display_image(path)        # first: its error names the reason (empty, truncated, not an image)
+            top = classify_file(app_run, path, TOPK)
+        except (UserError, ValueError) as e:
+            msg = f"Cannot classify {name}: {e}. Upload a JPEG, PNG or other image file."
+            gr.Warning(msg)
+            return None, None, "", f"**{msg}**", None
+        shown = annotate(picture, top)
+        files = downloads.write(app_run, name, top, shown)
+        cls, p = top[0]
+        status = f"**{cls}** ({p:.1%}) by model `{app_run.name}` for `{name}`"
+        if p < LOW_CONFIDENCE:
+            status += f"; the model is unsure, so check the card of {top[1][0]} too"
+        if app_run.guide is not None and not card_markdown(app_run.guide, cls):
+            status += f" (the guide {app_run.guide['path']} has no card for {cls})"
+        return top_dict(top), shown, card_markdown(app_run.guide, cls), status, files
+
+    return classify
+
+
+def _example_label(path: str) -> str:
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}"
+
+
+def build_image_tab(runs: list[AppRun], picker: gr.Dropdown, downloads: Downloads) -> None:
+    """Add the Image tab to the open Blocks; ``picker`` is the shared model dropdown."""
+    with gr.Tab("Image", id="image"):
+        with gr.Row():
+            with gr.Column():
+                upload = gr.File(label="Image", file_types=sorted(IMAGE_EXTS), type="filepath",
+                                 elem_id="image-upload")
+                button = gr.Button("Classify", variant="primary")
+                examples = list(dict.fromkeys(p for r in runs for p in r.examples))[:12]
+                if examples:
+                    gr.Examples([[p] for p in examples], inputs=[upload], label="Examples from the run's test split",
+                                example_labels=[_example_label(p) for p in examples], examples_per_page=12)
+            with gr.Column():
+                status = gr.Markdown(elem_id="image-status")
+                label = gr.Label(num_top_classes=5, label="Top classes", elem_id="image-label")
+                shown = gr.Image(label="Annotated", type="numpy", format="png", interactive=False,
+                                 buttons=["download", "fullscreen"])
+                files = gr.File(label="Download the prediction (JSON, CSV, annotated PNG)", file_count="multiple",
+                                interactive=False)
+        card = gr.Markdown(elem_id="image-card")
+        # change covers uploads, example clicks and clearing; the picker re-runs the same file on another model
+        gr.on([upload.change, button.click, picker.change], make_classify(runs, downloads), inputs=[upload, picker],
+              outputs=[label, shown, card, status, files], api_name="classify", trigger_mode="always_last")
