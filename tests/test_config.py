@@ -79,3 +79,25 @@ def test_cli_cfg_lists_keys(cli):
     r = cli("cfg")
     assert r.returncode == 0
     assert "optim.lr" in r.stdout and "peak learning rate" in r.stdout and "resnet18_cifar" in r.stdout
+
+
+def test_every_shipped_config_resolves_and_names_a_known_model():
+    """configs/*.yaml: run configs and compare files load (keys, types) and every model name builds from the zoo;
+    a typo fails here, not an hour into a comparison."""
+    from pathlib import Path
+
+    from visionlab.experiments import compare
+    from visionlab.models import MODELS
+    from visionlab.models.timm_zoo import is_timm_name
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    cfgs = []
+    for path in sorted(root.glob("*.yaml")):
+        if path.name.startswith("compare_"):
+            cfgs += list(compare.load_spec(path).configs.values())
+        elif not path.name.startswith(("sweep_", "spec_")) and not path.name.endswith("_guide.yaml"):
+            cfgs.append(C.load_config(path))
+    assert len(cfgs) > 30
+    names = {c.model.name for c in cfgs}
+    assert {"drn_c_26", "drn_d_22", "densenet201", "swin_t", "alexnet", "tf_efficientnet_lite0"} <= names
+    assert all(n in MODELS or is_timm_name(n) for n in names)
