@@ -16,6 +16,10 @@ modes:
   explain RUN_DIR IMAGE... [method=gradcam|cam] [layer=NAME] [class=NAME|pred] [out=DIR]   CAM / Grad-CAM overlays
   similar RUN_DIR IMAGE [k=8] [metric=cosine|euclidean] [out=DIR]   nearest training images, as a grid
   similar RUN_DIR eval [k=10] [metric=cosine|euclidean]             retrieval recall@k and mAP@k (test vs train)
+  export RUN_DIR [format=onnx|torchscript|onnx,torchscript] [quantize=int8] [opset=17] [calib=128] [limit=N]
+                                         uint8-input ONNX/TorchScript files in RUN_DIR/export/ + test-split parity
+  bench RUN_DIR [batch_sizes=1,32] [iters=30] [warmup=3] [threads=N] [backends=eager-fp32,...,onnx-int8]
+                                         latency p50/p95 and img/s per backend -> bench.json, bench.md, report
   app RUN_DIR [RUN_DIR ...] [host=127.0.0.1] [port=7860] [guide=PATH] [max_upload_mb=10] [share=false]
                                          web app: Image, Webcam, Generate tabs
   cfg [CONFIG.yaml] [key=value ...]      print every config key with type, default and help (or the resolved config)
@@ -168,6 +172,18 @@ def cmd_compare(args: list[str]) -> int:
     return run(args)
 
 
+def cmd_export(args: list[str]) -> int:
+    from .cli_deploy import cmd_export as run
+
+    return run(args)
+
+
+def cmd_bench(args: list[str]) -> int:
+    from .cli_deploy import cmd_bench as run
+
+    return run(args)
+
+
 def cmd_app(args: list[str]) -> int:
     from .cli_app import cmd_app as run
 
@@ -200,7 +216,7 @@ def cmd_sweep(args: list[str]) -> int:
 
 MODES = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "cfg": cmd_cfg,
          "data": cmd_data, "seeds": cmd_seeds, "compare": cmd_compare, "sweep": cmd_sweep, "ensemble": cmd_ensemble,
-         "explain": cmd_explain, "similar": cmd_similar, "app": cmd_app}
+         "explain": cmd_explain, "similar": cmd_similar, "app": cmd_app, "export": cmd_export, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -140,6 +140,8 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
     task = TASKS.get(cfg.task)(cfg, info, torch.Generator())
     task.model.load_state_dict(ckpt["weights"])
     task.model.to(dev).eval()
+    if cfg.train.channels_last:          # the batch transforms emit channels_last; NCHW weights would convert per layer
+        task.model.to(memory_format=torch.channels_last)
     return LoadedRun(run_dir, cfg, info, task, dev, resolve_precision(cfg.train.precision, dev))
 
 

@@ -94,6 +94,8 @@ def load_run_files(run_dir: str | os.PathLike) -> dict:
     info["summary"] = _read_json_opt(run_dir / "summary.json", notes) or {}
     info["data_report"] = _read_json_opt(run_dir / "data_report.json", notes)
     info["errors"] = _read_errors(run_dir / "errors.npz", notes)
+    info["export"] = _read_json_opt(run_dir / "export.json", notes)      # `visionlab export`
+    info["bench"] = _read_json_opt(run_dir / "bench.json", notes)        # `visionlab bench`
     info["evals"] = {}
     for p in sorted(run_dir.glob("eval_*.json")):
         data = _read_json_opt(p, notes)
@@ -204,6 +206,25 @@ def _data(info: dict, classes: list[str]) -> list:
     return blocks
 
 
+def _deploy(info: dict) -> list:
+    """Export parity (export.json) and latency (bench.json) tables, when those files exist."""
+    blocks, ex, bench = [], info.get("export"), info.get("bench")
+    if isinstance(ex, dict) and ex:
+        rows = [[fmt, _fmt(r.get("eager_top1"), "pct"), _fmt(r.get("top1"), "pct"),
+                 f"{r['diff_points']:+.2f}" if isinstance(r.get("diff_points"), (int, float)) else "\u2013",
+                 _fmt(r.get("agree"), "pct"), _fmt(r.get("max_abs_logit_diff")), str(r.get("file", ""))]
+                for fmt, r in ex.items() if isinstance(r, dict)]
+        blocks += [("text", "Accuracy parity on the test split: eager fp32 vs the exported file (uint8 NHWC input)."),
+                   ("table", ["format", "eager top-1", "export top-1", "diff (points)", "same argmax",
+                              "max |logit diff|", "file"], rows)]
+    if isinstance(bench, dict) and bench.get("results"):
+        from visionlab.experiments.bench_run import bench_table, machine_line   # lazy: needs torch and run.py
+
+        header, rows = bench_table(bench)
+        blocks += [("text", f"Latency per batch on {machine_line(bench)}."), ("table", header, rows)]
+    return blocks
+
+
 def _write_plots(info: dict, classes: list[str]) -> dict:
     run_dir, s, written = info["run_dir"], info["summary"], {}
     if s.get("confusion"):
@@ -249,6 +270,9 @@ def build_sections(info: dict, images: dict) -> tuple[str, list]:
         sections.append(("Class activation maps",
                          [("text", "Grad-CAM heatmaps per class: correct (left) and wrong (right) test predictions."),
                           ("image", "cam_gallery.png", "Grad-CAM gallery")]))
+    deploy = _deploy(info)
+    if deploy:
+        sections.append(("Export and latency", deploy))
     sections.append(("Data", _data(info, classes)))
     if info["config_text"] is not None:
         sections.append(("Config", [("code", info["config_text"])]))
@@ -350,6 +374,10 @@ def render_any(path: str | os.PathLike) -> Path:
         from visionlab.experiments.seeds import render_seeds
 
         return render_seeds(path)
+    if (path / "ensemble.json").is_file():
+        from visionlab.experiments.ensemble import render_ensemble
+
+        return render_ensemble(path)
     if (path / "sweep.csv").is_file():
         from visionlab.experiments.sweep_report import render_sweep
 
