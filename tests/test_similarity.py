@@ -97,3 +97,6 @@ def test_retrieval_and_similar_on_a_real_run(tiny_run, tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(UserError, match="bad.png"):
         cmd_similar([str(tiny_run), str(tmp_path / "bad.png")])
+    assert cmd_similar([str(tiny_run), str(tmp_path / "q.png"), "k=3"]) == 0       # default out: the run folder
+    report = (tiny_run / "report.md").read_text()
+    assert "## Similarity search" in report and "similarity/q_similar.png" in report and "recall@k" in report

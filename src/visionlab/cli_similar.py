@@ -22,6 +22,7 @@ def _parse(args: list[str]) -> tuple[list[str], dict]:
 def cmd_similar(args: list[str]) -> int:
     """Print the k nearest train images of IMAGE and write a PNG grid, or (IMAGE = eval) print recall@k and mAP@k
     of the test split against the train split. The index is built on first use under RUN_DIR/similarity."""
+    from .experiments.report import write_report
     from .experiments.similarity import evaluate_retrieval, neighbours, similar
     from .run import load_run
     from .search import METRICS
@@ -45,6 +46,7 @@ def cmd_similar(args: list[str]) -> int:
               f"{' (L2-normalised features)' if res['normalized'] else ''}")
         for kk in sorted({1, k}):
             print(f"recall@{kk}={res[f'recall@{kk}']:.4f}  mAP@{kk}={res[f'map@{kk}']:.4f}")
+        write_report(run_dir)                                # the run report shows the retrieval table
         return 0
     if not Path(image).is_file():
         raise UserError(f"{image}: no such image file\n{USAGE}")
@@ -53,4 +55,6 @@ def cmd_similar(args: list[str]) -> int:
     for rank, (_, name, cls, score) in enumerate(hits, 1):
         print(f"{rank:3d}  {score:8.4f}  {cls:<16s} {name}")
     print(similar(run, image, k, metric, out=kv.get("out")))
+    if not kv.get("out"):
+        write_report(run_dir)                                # grids in RUN_DIR/similarity/ appear in the report
     return 0

@@ -206,6 +206,22 @@ def _data(info: dict, classes: list[str]) -> list:
     return blocks
 
 
+def _similarity(run_dir: Path) -> list:
+    """Retrieval scores (similarity/retrieval.json) and neighbour grids written by `visionlab similar`."""
+    folder = run_dir / "similarity"
+    blocks = []
+    ret = _read_json_opt(folder / "retrieval.json", [])
+    if isinstance(ret, dict):
+        ks = sorted(int(k.split("@")[1]) for k in ret if k.startswith("recall@"))
+        same = "; L2-normalised features, so cosine and euclidean rank identically" if ret.get("normalized") else ""
+        blocks += [("text", f"Test images as queries against the train split ({ret.get('metric')} distance{same})."),
+                   ("table", ["k", "recall@k", "mAP@k"],
+                    [[str(k), _fmt(ret.get(f"recall@{k}"), "pct"), _fmt(ret.get(f"map@{k}"), "pct")] for k in ks])]
+    for grid in sorted(folder.glob("*_similar.png"))[:8]:
+        blocks.append(("image", f"similarity/{grid.name}", f"nearest train images to {grid.stem}"))
+    return blocks
+
+
 def _deploy(info: dict) -> list:
     """Export parity (export.json) and latency (bench.json) tables, when those files exist."""
     blocks, ex, bench = [], info.get("export"), info.get("bench")
@@ -270,6 +286,9 @@ def build_sections(info: dict, images: dict) -> tuple[str, list]:
         sections.append(("Class activation maps",
                          [("text", "Grad-CAM heatmaps per class: correct (left) and wrong (right) test predictions."),
                           ("image", "cam_gallery.png", "Grad-CAM gallery")]))
+    sim = _similarity(info["run_dir"])
+    if sim:
+        sections.append(("Similarity search", sim))
     deploy = _deploy(info)
     if deploy:
         sections.append(("Export and latency", deploy))
