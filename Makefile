@@ -11,9 +11,10 @@ test:            ## the whole test suite (reads real data from $$VISIONLAB_DATA,
 	@scripts/setup.sh --dev
 	.venv/bin/python -m pytest
 
-bench:           ## the speed benchmarks (about 15 minutes on 2 cores)
+bench:           ## the speed benchmarks (about 20 minutes on 2 cores)
 	@scripts/setup.sh --dev
 	.venv/bin/python benchmarks/train_throughput.py
 	.venv/bin/python benchmarks/time_to_accuracy.py
 	.venv/bin/python benchmarks/ddp_scaling.py
 	.venv/bin/python benchmarks/sweep_overhead.py
+	.venv/bin/python benchmarks/stream_fps.py

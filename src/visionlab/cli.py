@@ -20,6 +20,10 @@ modes:
                                          uint8-input ONNX/TorchScript files in RUN_DIR/export/ + test-split parity
   bench RUN_DIR [batch_sizes=1,32] [iters=30] [warmup=3] [threads=N] [backends=eager-fp32,...,onnx-int8]
                                          latency p50/p95 and img/s per backend -> bench.json, bench.md, report
+  stream SOURCE [run=RUN_DIR] [backend=eager|onnx|onnx-int8|torchscript] [detector=hog|haar|mtcnn|none] [fps=N]
+         [capture=WxH|W] [input=W] [max_frames=N] [out=DIR] [display=auto|true|false] [sweep=true] [threads=N]
+         [win_stride=8] [scale=1.1] [levels=64]   (HOG knobs)
+                                         real-time video: boxes/labels, per-stage p50/p95, true vs requested FPS
   app RUN_DIR [RUN_DIR ...] [host=127.0.0.1] [port=7860] [guide=PATH] [max_upload_mb=10] [share=false]
                                          web app: Image, Webcam, Generate tabs
   cfg [CONFIG.yaml] [key=value ...]      print every config key with type, default and help (or the resolved config)
@@ -184,6 +188,12 @@ def cmd_bench(args: list[str]) -> int:
     return run(args)
 
 
+def cmd_stream(args: list[str]) -> int:
+    from .cli_stream import cmd_stream as run
+
+    return run(args)
+
+
 def cmd_app(args: list[str]) -> int:
     from .cli_app import cmd_app as run
 
@@ -216,7 +226,8 @@ def cmd_sweep(args: list[str]) -> int:
 
 MODES = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "cfg": cmd_cfg,
          "data": cmd_data, "seeds": cmd_seeds, "compare": cmd_compare, "sweep": cmd_sweep, "ensemble": cmd_ensemble,
-         "explain": cmd_explain, "similar": cmd_similar, "app": cmd_app, "export": cmd_export, "bench": cmd_bench}
+         "explain": cmd_explain, "similar": cmd_similar, "app": cmd_app, "export": cmd_export, "bench": cmd_bench,
+         "stream": cmd_stream}
 
 
 def main(argv: list[str] | None = None) -> int:
