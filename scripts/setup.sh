@@ -23,6 +23,9 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   extras=""; [ "$dev" = 1 ] && extras="[dev]"
   .venv/bin/python -m pip install -q -e ".$extras" 2>&1 | grep -v "^WARNING: Location" || true
+  if [ "$dev" = 1 ]; then   # MTCNN for the face tests: its metadata pins torch<2.3, so never let pip resolve it
+    .venv/bin/python -m pip install -q --no-deps facenet-pytorch 2>&1 | grep -v "^WARNING: Location" || true
+  fi
   .venv/bin/python -c "import visionlab, torch, torchvision" # fail loudly when the install did not work
   rm -f .venv/.visionlab-*; touch "$stamp"
 fi
