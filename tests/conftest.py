@@ -53,11 +53,11 @@ def last_checkpoint_step(run_dir: Path) -> int:
 
 @pytest.fixture(scope="session")
 def trashnet_run(data_dir, tmp_path_factory) -> Path:
-    """A small classifier trained on real TrashNet photos (64 px, 2 epochs, ~20 s), shared by the app, export and
+    """A small classifier (ResNet-18) trained on real TrashNet photos (64 px, 2 epochs), shared by the app, export and
     stream tests. Its accuracy is low; what those tests check is that every path gives the same answers."""
     out = tmp_path_factory.mktemp("trashnet_runs")
     r = run_cli("train", "data.name=trashnet", "data.image_size=64", "data.pad_square=true", "data.limit=600",
-                "model.name=resnet18_cifar", "train.epochs=2", "train.batch_size=50", "optim.lr=0.003",
+                "model.name=resnet18", "train.epochs=2", "train.batch_size=50", "optim.lr=0.003",
                 "train.progress=false", "train.tensorboard=false", f"out_dir={out}", "name=trash", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return Path(r.stdout.strip().splitlines()[-1])

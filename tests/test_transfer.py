@@ -113,7 +113,7 @@ def test_votes_known_answers():
 
 
 def test_gradual_unfreezing_with_progressive_resizing_resumes_exactly(tmp_path):
-    args = ["model.name=resnet18_cifar", "model.freeze=1", "train.unfreeze_epochs=[2]", "train.epochs=2",
+    args = ["model.name=mobilenet_v3_small", "model.freeze=1", "train.unfreeze_epochs=[2]", "train.epochs=2",
             "train.progressive_stages=2", "train.progressive_min_size=16", "data.limit=200", f"out_dir={tmp_path}",
             *QUICK]
     full = visionlab.train(None, args + ["name=full"])

@@ -147,7 +147,7 @@ def summarize(res: StreamResult, requested_fps: float | None) -> dict:
            "stages_ms": stages, "dominant_stage": max(STAGES, key=lambda s: stages[s]["mean"]),
            "detections_mean": round(float(np.mean(counts)), 3) if counts else 0.0,
            "frames_with_detections": int(sum(c > 0 for c in counts)), "stopped_by_user": res.stopped_by_user}
-    out["explanation"] = explain(stages, true_fps, requested_fps)
+    out["explanation"] = explain(stages, out["true_fps"], requested_fps)     # the same (rounded) figure as logged
     return out
 
 
