@@ -192,3 +192,13 @@ def test_cam_gallery_in_report(trained_run):
     write_report(trained_run)
     assert "cam_gallery.png" in (trained_run / "report.md").read_text()
     assert 'src="cam_gallery.png"' in (trained_run / "report.html").read_text()
+
+
+def test_overlay_resizes_a_heatmap_made_at_the_model_input_size():
+    """model.input_size=224 on 32 px images: the heatmap is 224x224, the gallery image 32x32."""
+    from visionlab.explain.cam import overlay
+
+    heat = np.zeros((224, 224), np.float32)
+    heat[:112] = 1.0                                   # the top half is hot
+    out = overlay(np.full((32, 32, 3), 128, np.uint8), heat)
+    assert out.shape == (32, 32, 3) and out[2, 16, 0] > out[30, 16, 0]    # jet: hot = red, cold = blue

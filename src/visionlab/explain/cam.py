@@ -260,6 +260,11 @@ def overlay(image: np.ndarray, heatmap, alpha: float = 0.45, cmap: str = "jet") 
     img = np.asarray(image, dtype=np.float32)
     img = np.repeat(img, 3, axis=2) if img.ndim == 3 and img.shape[2] == 1 else img
     img = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img
-    heat = np.asarray(heatmap.detach().cpu() if torch.is_tensor(heatmap) else heatmap, dtype=np.float32)
+    heat = torch.as_tensor(np.asarray(heatmap.detach().cpu() if torch.is_tensor(heatmap) else heatmap,
+                                      dtype=np.float32))
+    if tuple(heat.shape) != img.shape[:2]:      # the model saw a resized batch (model.input_size): back to the image
+        heat = F.interpolate(heat[None, None], size=img.shape[:2], mode="bilinear", align_corners=False,
+                             antialias=heat.shape[-1] > img.shape[1])[0, 0]
+    heat = heat.numpy()
     colour = colormaps[cmap](np.clip(heat, 0, 1))[..., :3] * 255.0
     return np.clip((1 - alpha) * img + alpha * colour, 0, 255).astype(np.uint8)
