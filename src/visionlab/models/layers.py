@@ -1,4 +1,4 @@
-"""Small layers shared by our own architectures: stochastic depth (drop path)."""
+"""Small pieces shared by our own architectures: stochastic depth (drop path) and the linear-head model contract."""
 from __future__ import annotations
 
 import torch
@@ -29,3 +29,17 @@ def drop_path_rates(rate: float, n_blocks: int) -> list[float]:
     if n_blocks <= 1:
         return [rate] * n_blocks
     return [rate * i / (n_blocks - 1) for i in range(n_blocks)]
+
+
+class LinearHeadNet(nn.Module):
+    """The model contract for our nets with a pooled feature vector and one Linear head: subclasses set
+    ``self.head`` and ``self.num_features`` and define ``forward_features`` (images -> [B, num_features])."""
+
+    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.head(feats)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.head = nn.Linear(self.num_features, num_classes)

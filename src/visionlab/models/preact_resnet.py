@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import DropPath, drop_path_rates
+from .layers import DropPath, LinearHeadNet, drop_path_rates
 
 
 class PreActBlock(nn.Module):
@@ -27,7 +27,7 @@ class PreActBlock(nn.Module):
         return short + self.drop_path(o)
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(LinearHeadNet):
     """3x3 stem (64 ch), four stages of pre-activation blocks (64, 128, 256, 512; strides 1,2,2,2), final BN-ReLU
     (the paper's extra activation after the last addition), global average pool, linear head."""
 
@@ -48,15 +48,6 @@ class PreActResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn(self.layers(self.stem(x))))
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.head(feats)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = nn.Linear(self.num_features, num_classes)
 
 
 def preact_resnet18(num_classes: int = 10, in_channels: int = 3, image_size: int | None = None,

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..utils import ConfigError
+from .layers import LinearHeadNet
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh}
 CONV_KEYS = {"out", "k", "stride", "groups"}
@@ -80,7 +81,7 @@ def build_layer(entry, channels: int) -> tuple[nn.Module, int]:
     raise ConfigError(f"spec layer {entry!r}: unknown layer {kind!r}; valid: {GRAMMAR}")
 
 
-class SpecCNN(nn.Module):
+class SpecCNN(LinearHeadNet):
     """The spec's layers, global average pooling, a linear head."""
 
     def __init__(self, layers: list, num_classes: int, in_channels: int = 3):
@@ -95,15 +96,6 @@ class SpecCNN(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x).mean((2, 3))
-
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.head(feats)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = nn.Linear(self.num_features, num_classes)
 
 
 def spec_cnn(num_classes: int, in_channels: int = 3, image_size: int | None = None, spec="") -> SpecCNN:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import DropPath, drop_path_rates
+from .layers import DropPath, LinearHeadNet, drop_path_rates
 
 
 class WideBlock(nn.Module):
@@ -30,7 +30,7 @@ class WideBlock(nn.Module):
         return short + self.drop_path(o)
 
 
-class WideResNet(nn.Module):
+class WideResNet(LinearHeadNet):
     """WRN-depth-k: 3x3 stem (16 ch), three groups of (depth-4)/6 blocks with 16k, 32k, 64k channels (strides 1,2,2),
     BN-ReLU, global average pool, linear head."""
 
@@ -58,15 +58,6 @@ class WideResNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn(self.blocks(self.stem(x))))
         return torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-
-    def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.head(feats)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head = nn.Linear(self.num_features, num_classes)
 
 
 def wrn_28_2(num_classes: int = 10, in_channels: int = 3, image_size: int | None = None, drop_path: float = 0.0):
