@@ -164,70 +164,23 @@ def _reject_unknown(kv: dict) -> None:
         raise ConfigError(f"unknown option {next(iter(kv))!r} for this mode")
 
 
-def cmd_seeds(args: list[str]) -> int:
-    from .cli_experiments import cmd_seeds as run
+def _lazy(module: str, name: str):
+    """A mode whose code lives in ``visionlab.<module>``, imported only when that mode runs (fast start-up)."""
+    def run(args: list[str]) -> int:
+        from importlib import import_module
 
-    return run(args)
+        return getattr(import_module(f"visionlab.{module}"), name)(args)
 
-
-def cmd_compare(args: list[str]) -> int:
-    from .cli_experiments import cmd_compare as run
-
-    return run(args)
-
-
-def cmd_export(args: list[str]) -> int:
-    from .cli_deploy import cmd_export as run
-
-    return run(args)
-
-
-def cmd_bench(args: list[str]) -> int:
-    from .cli_deploy import cmd_bench as run
-
-    return run(args)
-
-
-def cmd_stream(args: list[str]) -> int:
-    from .cli_stream import cmd_stream as run
-
-    return run(args)
-
-
-def cmd_app(args: list[str]) -> int:
-    from .cli_app import cmd_app as run
-
-    return run(args)
-
-
-def cmd_ensemble(args: list[str]) -> int:
-    from .cli_experiments import cmd_ensemble as run
-
-    return run(args)
-
-
-def cmd_explain(args: list[str]) -> int:
-    from .cli_explain import cmd_explain as run
-
-    return run(args)
-
-
-def cmd_similar(args: list[str]) -> int:
-    from .cli_similar import cmd_similar as run
-
-    return run(args)
-
-
-def cmd_sweep(args: list[str]) -> int:
-    from .cli_sweep import cmd_sweep as run
-
-    return run(args)
+    return run
 
 
 MODES = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "cfg": cmd_cfg,
-         "data": cmd_data, "seeds": cmd_seeds, "compare": cmd_compare, "sweep": cmd_sweep, "ensemble": cmd_ensemble,
-         "explain": cmd_explain, "similar": cmd_similar, "app": cmd_app, "export": cmd_export, "bench": cmd_bench,
-         "stream": cmd_stream}
+         "data": cmd_data,
+         "seeds": _lazy("cli_experiments", "cmd_seeds"), "compare": _lazy("cli_experiments", "cmd_compare"),
+         "ensemble": _lazy("cli_experiments", "cmd_ensemble"), "sweep": _lazy("cli_sweep", "cmd_sweep"),
+         "explain": _lazy("cli_explain", "cmd_explain"), "similar": _lazy("cli_similar", "cmd_similar"),
+         "app": _lazy("cli_app", "cmd_app"), "export": _lazy("cli_deploy", "cmd_export"),
+         "bench": _lazy("cli_deploy", "cmd_bench"), "stream": _lazy("cli_stream", "cmd_stream")}
 
 
 def main(argv: list[str] | None = None) -> int:

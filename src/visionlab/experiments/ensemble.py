@@ -14,7 +14,7 @@ from visionlab.engine.precision import autocast
 from visionlab.experiments import stats
 from visionlab.experiments.report import render_html, render_markdown
 from visionlab.run import load_run
-from visionlab.utils import ConfigError, UserError, atomic_write_text, write_json
+from visionlab.utils import ConfigError, UserError, atomic_write_text, read_json, write_json
 
 VOTES = ("soft", "hard")
 TTAS = ("none", "flip")
@@ -160,8 +160,6 @@ def _sections(r: dict) -> tuple[str, list]:
 
 def render_ensemble(folder: str | Path) -> Path:
     """Rewrite report.md/html of an ensemble folder from its ensemble.json; returns the HTML path."""
-    from visionlab.utils import read_json
-
     folder = Path(folder)
     title, sections = _sections(read_json(folder / "ensemble.json"))
     atomic_write_text(folder / "report.md", render_markdown(title, sections))
