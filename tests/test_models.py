@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from visionlab.models import MODELS, build_model, count_params, flops_per_image
+from visionlab.models import MODELS, SEGMENTATION_MODELS, build_model, count_params, flops_per_image
 from visionlab.models.timm_zoo import timm_available
 from visionlab.utils import ConfigError, UserError
 
@@ -25,7 +25,11 @@ TIMM = ["tf_efficientnet_lite0", "timm/resnet18", "resnet10t", "mobilenetv3_smal
         "vit_tiny_patch16_224"] if timm_available() else []
 
 
-@pytest.mark.parametrize("name", MODELS.names() + TIMM)
+# segmentation models have their own contract (a dict of logit maps): tests/test_segmentation_blocks.py
+CLASSIFIERS = [n for n in MODELS.names() if n not in SEGMENTATION_MODELS]
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS + TIMM)
 def test_model_contract(name):
     c, s = SMALL.get(name, (3, 96))
     kw = EXTRA.get(name, {})

@@ -16,6 +16,7 @@ from .preact_resnet import preact_resnet18
 from .pretrained import bundled_weights, download_error, download_torchvision, torchvision_classes
 from .resnet_cifar import resnet18_cifar
 from .seed_cnn import SeedCNN
+from .segmentation import SEGMENTATION_BUILDERS
 from .spec_cnn import spec_cnn
 from .timm_zoo import PREFIX as TIMM_PREFIX
 from .timm_zoo import TimmClassifier, is_timm_name, timm_preprocessing
@@ -35,6 +36,10 @@ MODELS.register("drn_d_22", drn_d_22)
 MODELS.register("spec_cnn", spec_cnn)
 for _name in torchvision_names():
     MODELS.register(_name, partial(TorchvisionClassifier, _name))
+# semantic segmentation: forward returns {"out": [B, C, H, W], "aux": ...}; not the classifier contract
+SEGMENTATION_MODELS = frozenset(SEGMENTATION_BUILDERS)
+for _name, _fn in SEGMENTATION_BUILDERS.items():
+    MODELS.register(_name, _fn)
 
 STEMS = ("auto", "imagenet", "cifar")
 
@@ -90,7 +95,15 @@ def build_model(name: str, num_classes: int, in_channels: int = 3, pretrained: b
     Library weights are loaded into the full pretrained model, then the head is reset to ``num_classes``.
     ``max_params`` > 0 raises ConfigError when the model is larger. The model carries ``load_report`` when weights
     were loaded and ``pretrained_cfg`` (mean, std, input_size, interpolation) where its family defines one.
-    Other ``kwargs`` go to the builder as they are (e.g. ``width`` for resnet18_cifar)."""
+    Other ``kwargs`` go to the builder as they are (e.g. ``width`` for resnet18_cifar; ``output_stride``,
+    ``aux_loss`` for the SEGMENTATION_MODELS, whose builders handle their own weights)."""
+    if name in SEGMENTATION_MODELS:
+        if drop_path > 0:
+            warnings.warn(f"model {name!r} has no stochastic depth; model.drop_path={drop_path} is ignored")
+        model = MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, pretrained=pretrained,
+                                 weights=weights, download=download, image_size=image_size, **kwargs)
+        check_budget(name, model, max_params)
+        return model
     stem = resolve_stem(stem, image_size, pretrained)
     bundled = bundled_weights(name) if (pretrained and not weights) else None
     library = pretrained and not weights        # the whole pretrained network, head included
@@ -159,5 +172,5 @@ def flops_per_image(model: nn.Module, in_channels: int, image_size: tuple[int, i
     return int(counter.get_total_flops())
 
 
-__all__ = ["MODELS", "build_model", "check_budget", "count_params", "flops_per_image", "resolve_stem",
-           "timm_preprocessing"]
+__all__ = ["MODELS", "SEGMENTATION_MODELS", "build_model", "check_budget", "count_params", "flops_per_image",
+           "resolve_stem", "timm_preprocessing"]
