@@ -101,3 +101,43 @@ def test_torn_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(b"\x00" * 10)
     with pytest.raises(UserError, match="unreadable checkpoint"):
         load_checkpoint(path)
+
+
+def test_full_disk_at_epoch_two_leaves_epoch_one_last_pair_that_resumes(tmp_path, monkeypatch):
+    """ENOSPC while the epoch-2 `last` sidecar is written: the epoch-1 pair stays whole, and the run resumes."""
+    import errno
+    import json
+    import os
+
+    from visionlab import run as run_mod
+    from visionlab.engine import loop
+
+    real_save, real_fsync = loop.save_checkpoint, os.fsync
+
+    def full_disk_at_epoch_two(path, weights, sidecar, train_state=None):
+        if path.name == "last.safetensors" and sidecar["epoch"] == 2:
+            calls = []
+
+            def fsync(fd):                               # the 1st fsync (weights) passes, the 2nd (sidecar) fails
+                calls.append(fd)
+                if len(calls) == 2:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return real_fsync(fd)
+
+            monkeypatch.setattr(os, "fsync", fsync)
+        return real_save(path, weights, sidecar, train_state)
+
+    monkeypatch.setattr(loop, "save_checkpoint", full_disk_at_epoch_two)
+    args = ["data.limit=200", "train.epochs=2", "train.threads=1", "train.progress=false", f"out_dir={tmp_path}",
+            "name=full"]
+    with pytest.raises((OSError, UserError), match="No space"):
+        run_mod.train(None, args)
+    monkeypatch.undo()
+    ck_dir = tmp_path / "full" / "checkpoints"
+    side = json.loads((ck_dir / "last.json").read_text())
+    ck = load_checkpoint(ck_dir / "last.safetensors", with_train_state=True)
+    assert side == ck["sidecar"] and side["epoch"] == 1                 # the pair is the previous, whole `last`
+    assert sorted(p.name for p in ck_dir.iterdir()) == ["best.json", "best.safetensors", "last.json",
+                                                         "last.safetensors"]
+    result = run_mod.train(None, [f"resume={tmp_path / 'full'}", "train.threads=1", "train.progress=false"])
+    assert json.loads((ck_dir / "last.json").read_text())["epoch"] == 2 and result.run_dir == tmp_path / "full"

@@ -147,3 +147,60 @@ def test_cli_bad_input_is_a_clean_error(tmp_path, exported):
             cmd(["ignored_dir", *args])
     with pytest.raises(Exception, match="not a run directory"):
         cmd_bench([str(not_run)])
+
+
+def _copy_run(exported: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(exported, run)                     # copy2: mtimes kept, so the exports are not stale
+    return run
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_torchscript_is_loaded_only_as_the_file_export_wrote(exported, tmp_path):
+    """A TorchScript archive holds pickled code: runs load model.torchscript.pt only when its sha256 matches the
+    one export.json recorded; a swapped or unlisted file is refused, a file the user names is loaded."""
+    import torch
+
+    from visionlab.deploy.runtime import file_sha256, load_torchscript
+    from visionlab.experiments.export_run import runner
+    from visionlab.utils import UserError
+
+    run = _copy_run(exported, tmp_path)
+    path = run / "export" / "model.torchscript.pt"
+    record = json.loads((run / "export.json").read_text())
+    assert record["torchscript"]["sha256"] == file_sha256(path)
+    assert record["onnx"]["sha256"] == file_sha256(run / "export" / "model.onnx")
+    images = _test_images(run, 2)
+    assert runner(run, "torchscript")(images).shape[0] == 2          # our own file loads
+
+    class Other(torch.nn.Module):                                   # someone else's archive, dropped in its place
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.float().mean(dim=(1, 2))
+
+    torch.jit.save(torch.jit.script(Other()), str(path))
+    with pytest.raises(UserError, match="pickled code"):
+        runner(run, "torchscript")
+    assert load_torchscript(path)(torch.zeros(1, 4, 4, 3, dtype=torch.uint8)).shape == (1, 3)   # named by the user
+
+    del record["torchscript"]["sha256"]
+    (run / "export.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match="no sha256 for it in export.json"):
+        runner(run, "torchscript")
+
+
+@pytest.mark.parametrize("flags,emulated", [({"fpu", "avx", "avx2", "fma"}, True),
+                                            ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, False)])
+def test_bench_says_when_bf16_is_emulated(exported, tmp_path, monkeypatch, flags, emulated):
+    from visionlab.deploy import latency
+    from visionlab.experiments.bench_run import bench_run, format_bench
+
+    monkeypatch.setattr(latency, "cpu_flags", lambda: set(flags))       # an AVX2-only or a native-bf16 CPU
+    run = _copy_run(exported, tmp_path)
+    result = bench_run(run, [1], iters=1, warmup=0, backends=("eager-fp32", "eager-bf16-cl"))
+    bench = json.loads((run / "bench.json").read_text())
+    assert bench["machine"]["bf16_native"] is (not emulated)
+    rows = {r["backend"]: r for r in bench["results"]}
+    assert ("emulated" in rows["eager-bf16-cl"].get("note", "")) is emulated and "note" not in rows["eager-fp32"]
+    md = (run / "bench.md").read_text()
+    assert ("bf16 emulated" in md and "Note: eager channels_last + bf16 autocast: bf16 is emulated" in md) is emulated
+    assert ("bf16 is emulated" in format_bench(result)) is emulated

@@ -1,6 +1,7 @@
 """Small shared helpers: user-facing errors, atomic file writes, seeding, device choice."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -23,30 +24,107 @@ class ConfigError(UserError):
     exit_code = 2
 
 
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make renames in ``folder`` durable: on POSIX a rename lives in the folder's own metadata."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:                              # e.g. Windows cannot open a folder; nothing more to do there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:                              # some filesystems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temp_beside(path: Path) -> str:
+    """A new, unique, empty file in ``path``'s folder (same filesystem, so os.replace is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    os.close(fd)
+    return tmp
+
+
+def _sync_file(tmp: str) -> None:
+    fd = os.open(tmp, os.O_RDWR)                  # writable: Windows' fsync (_commit) needs it
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o644)                         # mkstemp makes 0600; run files are meant to be shared
+
+
+def atomic_write_many(files: dict) -> None:
+    """Write {path: bytes} so that each path holds its old or its new content, never a torn file. Every content
+    goes to a temp file first (a full disk fails here, before any path changes), then the temps replace their
+    paths in the order given: put the file that others describe (weights before their sidecar) first."""
+    temps: dict[Path, str] = {}
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            temps[path] = tmp = _temp_beside(path)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            _sync_file(tmp)
+        for path, tmp in temps.items():
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in temps.values():
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for folder in {p.parent for p in temps}:
+        fsync_dir(folder)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` so that ``path`` holds either the old or the new content, never a torn file."""
+    atomic_write_many({path: data})
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a unique temp path beside ``path`` for writers that take a file name (torch.jit.save,
+    torch.onnx.export, ONNX Runtime's quantizer); when the block succeeds the temp is fsynced and renamed onto
+    ``path``, else removed. ``path`` keeps its previous content until the new one is complete."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _temp_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)                     # mkstemp makes 0600; run files are meant to be shared
+        yield Path(tmp)
+        _sync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike):
+    """A binary file object whose content replaces ``path`` atomically when the block succeeds (np.save,
+    np.savez: a file object also keeps the name exactly as given, without an added .npz)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
+
+
+def write_npz(path: str | os.PathLike, **arrays) -> Path:
+    """``np.savez`` of ``arrays`` to exactly ``path``, atomically; returns the path."""
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj) -> str:
+    """``obj`` as indented JSON text (numpy scalars and arrays, paths allowed), as every JSON file here is written."""
+    return json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(path, json_text(obj))
 
 
 def _json_default(o):

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..utils import UserError
+from ..utils import UserError, atomic_path
 
 DEFAULT_OPSET = 17              # the legacy exporter's best-tested opset; ORT 1.18+ runs it everywhere
 INPUT, OUTPUT = "images", "logits"
@@ -68,9 +68,7 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, channels: int, image
     Uses the legacy TorchScript-based exporter (dynamo=False): the dynamo exporter needs the optional onnxscript
     package, and the legacy one exports these CNNs exactly; its deprecation notice is silenced here."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), atomic_path(path) as tmp:   # a failure keeps the old file
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=".*feature will be removed.*")
         try:
@@ -80,13 +78,11 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, channels: int, image
                                   dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
                                   do_constant_folding=True)
         except torch.onnx.errors.UnsupportedOperatorError as e:   # e.g. antialiased downscaling in the transform
-            tmp.unlink(missing_ok=True)
             raise UserError(f"this model cannot be written to ONNX opset {opset}: {str(e).splitlines()[0]}; "
                             "use format=torchscript (or another opset=N)") from None
-    import onnx
+        import onnx
 
-    onnx.checker.check_model(str(tmp))
-    os.replace(tmp, path)                                     # atomic: a half-written file never looks finished
+        onnx.checker.check_model(str(tmp))
     return path
 
 
@@ -95,15 +91,13 @@ def export_torchscript(module: nn.Module, path: str | os.PathLike, channels: int
     """Trace ``module`` to a TorchScript file (the batch size stays dynamic: no shape-dependent Python in the
     wrapped CNNs) and freeze it so conv+BN fold; returns the path. torch.jit is deprecated but still runs in 2.14."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated.*")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         traced = torch.jit.trace(module.eval(), _example(channels, image_size), check_trace=False)
         frozen = torch.jit.freeze(traced)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.jit.save(frozen, str(tmp))
-    os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.jit.save(frozen, str(tmp))
     return path
 
 
@@ -133,10 +127,8 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration: n
     with tempfile.TemporaryDirectory() as tmpdir:
         pre = Path(tmpdir) / "pre.onnx"
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)   # fold/fuse first: BN into convs
-        tmp = dst.with_name(dst.name + ".tmp")                        # same folder: os.replace stays atomic
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        quantize_static(str(pre), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                        calibrate_method=CalibrationMethod.MinMax)
-        os.replace(tmp, dst)
+        with atomic_path(dst) as tmp:                                 # same folder: the rename stays atomic
+            quantize_static(str(pre), str(tmp), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                            calibrate_method=CalibrationMethod.MinMax)
     return dst

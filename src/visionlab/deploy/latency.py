@@ -30,16 +30,47 @@ def measure(fn: Callable[[np.ndarray], object], batch: np.ndarray, iters: int = 
             "mean_ms": float(ms.mean()), "img_per_s": float(len(batch) / (p50 / 1e3))}
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else platform.processor()."""
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")   # x86 AVX-512 BF16 / AMX, Arm BF16: bf16 matmuls in hardware
+
+
+def _cpuinfo_lines() -> list[str]:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            return f.readlines()
     except OSError:
-        pass
+        return []
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else platform.processor()."""
+    for line in _cpuinfo_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str] | None:
+    """The first CPU's feature flags from /proc/cpuinfo ("flags" on x86, "Features" on Arm); None when unknown."""
+    for line in _cpuinfo_lines():
+        key = line.split(":", 1)[0].strip()
+        if key in ("flags", "Features"):
+            return set(line.split(":", 1)[1].split())
+    return None
+
+
+def bf16_native(flags: set[str] | None = None) -> bool | None:
+    """True when the CPU computes bf16 in hardware, False when it only emulates it (AVX2, or AVX-512 without BF16:
+    bf16 autocast then runs slower than fp32), None when the flags cannot be read."""
+    flags = cpu_flags() if flags is None else flags
+    return None if flags is None else any(f in flags for f in BF16_FLAGS)
+
+
+def bf16_note(native: bool | None) -> str | None:
+    """One sentence for a bf16 timing on a CPU without native bf16, else None."""
+    if native is False:
+        return (f"bf16 is emulated on this CPU (none of the flags {', '.join(BF16_FLAGS)} in /proc/cpuinfo): "
+                "bf16 autocast converts in software and is expected to run slower than fp32 here")
+    return None
 
 
 def machine_info() -> dict:
@@ -56,8 +87,5 @@ def machine_info() -> dict:
         info["onnxruntime"] = None
     if hasattr(os, "getloadavg"):                     # busy neighbours distort latency; say how busy the box was
         info["load_avg_1m"] = round(os.getloadavg()[0], 2)
-    try:
-        info["bf16_native"] = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        info["bf16_native"] = False
+    info["bf16_native"] = bf16_native()               # None: flags unreadable (not Linux)
     return info

@@ -1,6 +1,10 @@
-"""Run exported classifiers: ONNX Runtime sessions and TorchScript modules as uint8 NHWC numpy -> logits numpy."""
+"""Run exported classifiers: ONNX Runtime sessions and TorchScript modules as uint8 NHWC numpy -> logits numpy.
+
+ONNX files are protobuf data. TorchScript archives are not: a zip of pickled data and code that ``torch.jit.load``
+unpickles and runs, so only files this project wrote (with their recorded sha256) or a file you name are loaded."""
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -41,11 +45,26 @@ def onnx_runner(path: str | os.PathLike, threads: int = 0) -> Runner:
     return run
 
 
-def load_torchscript(path: str | os.PathLike) -> torch.jit.ScriptModule:
-    """Load an exported TorchScript file on the CPU (our own archive: TorchScript code and tensors, no pickle)."""
+def file_sha256(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_torchscript(path: str | os.PathLike, sha256: str | None = None) -> torch.jit.ScriptModule:
+    """Load a TorchScript file on the CPU. The archive holds pickled data and TorchScript code that loading runs:
+    pass only a file you trust (you name it yourself) or one this project exported, with the ``sha256`` recorded
+    when it was written; a file whose hash differs is refused."""
     if not Path(path).is_file():
         raise UserError(f"{path}: no such TorchScript file; create it with `visionlab export RUN_DIR "
                         "format=torchscript`")
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise UserError(f"{path}: not the TorchScript file visionlab exported (its sha256 differs from the one "
+                        "recorded in export.json), so it is not loaded: TorchScript archives contain pickled code. "
+                        "Delete it and export again (`visionlab export RUN_DIR format=torchscript`)")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.*deprecated.*")
         return torch.jit.load(str(path), map_location="cpu").eval()

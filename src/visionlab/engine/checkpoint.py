@@ -2,7 +2,8 @@
 
 A checkpoint is a single file so that it is either wholly old or wholly new: the model weights, the optimizer's
 tensors and the RNG states are tensors; everything else (sidecar, positions, scheduler) is JSON in the metadata.
-A readable ``<name>.json`` sidecar is written beside it.
+A readable ``<name>.json`` sidecar is written beside it; both are complete in temp files before either replaces
+its old version, and the weights go first, so a sidecar never describes weights that are not on disk yet.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, safe_open, save
 
-from ..utils import UserError, atomic_write_bytes, write_json
+from ..utils import UserError, atomic_write_many, json_text
 
 _META_KEY = "visionlab"
 
@@ -41,7 +42,8 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 def save_checkpoint(path: str | Path, weights: dict[str, torch.Tensor], sidecar: dict,
                     train_state: dict | None = None) -> None:
-    """Write ``path`` (.safetensors) and its ``.json`` sidecar atomically.
+    """Write ``path`` (.safetensors) and its ``.json`` sidecar atomically, as a pair: on a full disk (or any
+    failure) both keep their previous content, so the previous ``last`` stays resumable.
 
     ``train_state`` may hold "optimizer" (a state_dict), "rng" (name -> ByteTensor), "ema" (a state_dict) and any
     JSON-serialisable entries (positions, scheduler state, history).
@@ -59,8 +61,7 @@ def save_checkpoint(path: str | Path, weights: dict[str, torch.Tensor], sidecar:
         meta["train_state"] = ts
     blob = save(tensors, metadata={_META_KEY: json.dumps(meta)})
     path = Path(path)
-    atomic_write_bytes(path, blob)
-    write_json(path.with_suffix(".json"), sidecar)
+    atomic_write_many({path: blob, path.with_suffix(".json"): json_text(sidecar).encode("utf-8")})
 
 
 def load_checkpoint(path: str | Path, with_train_state: bool = False) -> dict:

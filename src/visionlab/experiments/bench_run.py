@@ -1,12 +1,13 @@
 """Latency benchmark of a run's model on this machine: eager fp32, eager channels_last + bf16 autocast,
-TorchScript, ONNX Runtime fp32 and int8 -> RUN_DIR/bench.json and bench.md (missing exports are made on the fly)."""
+TorchScript, ONNX Runtime fp32 and int8 -> RUN_DIR/bench.json and bench.md (missing exports are made on the fly).
+On a CPU without native bf16 (no avx512_bf16/amx_bf16 flag) the bf16 row is kept and marked as emulated."""
 from __future__ import annotations
 
 import copy
 import numpy as np
 import torch
 
-from visionlab.deploy.latency import machine_info, measure
+from visionlab.deploy.latency import bf16_note, machine_info, measure
 from visionlab.experiments.export_run import as_run, runner
 from visionlab.utils import UserError, atomic_write_text, write_json
 
@@ -49,17 +50,20 @@ def bench_run(run_dir, batch_sizes=(1, 32), iters: int = 30, warmup: int = 3, ba
     run = as_run(run_dir)
     h, w = run.info.image_size
     rng = np.random.default_rng(0)
+    machine = machine_info()
+    notes = {"eager-bf16-cl": bf16_note(machine["bf16_native"])}      # why a slow bf16 row is slow
     fns = _runners(run, backends)
     rows = []
     for bs in batch_sizes:
         batch = rng.integers(0, 256, (bs, h, w, run.info.channels), dtype=np.uint8)
         for b, fn in fns.items():
             r = measure(fn, batch, iters=iters, warmup=warmup, max_seconds=max_seconds)
-            rows.append({"backend": b, **r})
-    result = {"machine": machine_info(), "input": [int(h), int(w), int(run.info.channels)],
+            rows.append({"backend": b, **r, **({"note": notes[b]} if notes.get(b) else {})})
+    result = {"machine": machine, "input": [int(h), int(w), int(run.info.channels)],
               "settings": {"iters": iters, "warmup": warmup, "max_seconds": max_seconds,
                            "batch_sizes": list(batch_sizes)},
-              "model": run.cfg.model.name, "results": rows}
+              "model": run.cfg.model.name, "results": rows,
+              "notes": [LABELS[b] + ": " + n for b, n in notes.items() if n and b in fns]}
     write_json(run.run_dir / "bench.json", result)
     atomic_write_text(run.run_dir / "bench.md", format_bench(result, markdown=True) + "\n")
     return result
@@ -72,7 +76,8 @@ def bench_table(result: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in result.get("results", []):
         ref = base.get(r["batch_size"])
-        rows.append([LABELS.get(r["backend"], r["backend"]), str(r["batch_size"]), f"{r['p50_ms']:.2f}",
+        label = LABELS.get(r["backend"], r["backend"]) + (" (bf16 emulated)" if r.get("note") else "")
+        rows.append([label, str(r["batch_size"]), f"{r['p50_ms']:.2f}",
                      f"{r['p95_ms']:.2f}", f"{r['img_per_s']:.0f}", f"{ref / r['p50_ms']:.2f}x" if ref else "-"])
     return header, rows
 
@@ -89,14 +94,15 @@ def machine_line(result: dict) -> str:
 def format_bench(result: dict, markdown: bool = False) -> str:
     """bench.json as a fixed-width text table (markdown=False) or a markdown table with a machine line."""
     header, rows = bench_table(result)
+    notes = [f"Note: {n}." for n in result.get("notes", [])]
     if markdown:
         lines = [f"# Latency: {result.get('model', '')}", "", machine_line(result), "",
                  "| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows] + ([""] + notes if notes else []))
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
 
     def line(r: list[str]) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
-    return "\n".join([machine_line(result), line(header)] + [line(r) for r in rows])
+    return "\n".join([machine_line(result), line(header)] + [line(r) for r in rows] + notes)
 

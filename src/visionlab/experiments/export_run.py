@@ -1,5 +1,6 @@
 """Export a run (ONNX, int8 ONNX, TorchScript) with accuracy parity on its test split, and run any backend on raw
-frames (frame_classifier, used by the video stream). Files go to RUN_DIR/export/, parity to RUN_DIR/export.json."""
+frames (frame_classifier, used by the video stream). Files go to RUN_DIR/export/; RUN_DIR/export.json records each
+file's sha256 when it is written (a TorchScript file is loaded only when it still matches) and the parity."""
 from __future__ import annotations
 
 import time
@@ -15,7 +16,7 @@ from visionlab.data.decode import convert_array, letterbox, to_rgb_or_l, try_loa
 from visionlab.data.split import limit_indices
 from visionlab.deploy.export import (DEFAULT_OPSET, export_onnx, export_torchscript, quantize_onnx,
                                      wrap_classifier)
-from visionlab.deploy.runtime import load_torchscript, onnx_runner, softmax, torch_runner
+from visionlab.deploy.runtime import file_sha256, load_torchscript, onnx_runner, softmax, torch_runner
 from visionlab.run import LoadedRun, _eval_loader, load_run
 from visionlab.utils import ConfigError, UserError, read_json, write_json
 
@@ -60,16 +61,51 @@ def export(run_dir, backend: str, opset: int = DEFAULT_OPSET, calibration: np.nd
     (uint8 NHWC; default: CALIBRATION_IMAGES seeded train images)."""
     run = as_run(run_dir)
     path = export_path(run.run_dir, backend)
-    info = run.info
+    info, size = run.info, tuple(run.info.image_size)
     if backend == "onnx-int8":
         src = export_path(run.run_dir, "onnx")
         if _stale(run, src):
             export(run, "onnx", opset)
-        return quantize_onnx(src, path, _calibration(run) if calibration is None else calibration)
-    module = wrap_classifier(run.model, run.task.eval_tf)
-    if backend == "onnx":
-        return export_onnx(module, path, info.channels, tuple(info.image_size), opset)
-    return export_torchscript(module, path, info.channels, tuple(info.image_size))
+        quantize_onnx(src, path, _calibration(run) if calibration is None else calibration)
+    elif backend == "onnx":
+        export_onnx(wrap_classifier(run.model, run.task.eval_tf), path, info.channels, size, opset)
+    else:
+        export_torchscript(wrap_classifier(run.model, run.task.eval_tf), path, info.channels, size)
+    _record(run.run_dir, backend, path)
+    return path
+
+
+def _record(run_dir: Path, backend: str, path: Path) -> None:
+    """Note a file just written in export.json (file, bytes, sha256); the parity numbers of an older file go."""
+    merged = _export_json(run_dir)
+    merged[backend] = {"file": str(path.relative_to(run_dir)), "bytes": path.stat().st_size,
+                       "sha256": file_sha256(path)}
+    write_json(run_dir / "export.json", merged)
+
+
+def _export_json(run_dir) -> dict:
+    """RUN_DIR/export.json as a dict ({} when missing)."""
+    out = Path(run_dir) / "export.json"
+    if not out.is_file():
+        return {}
+    try:
+        data = read_json(out)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{out}: unreadable ({e}); delete it and run `visionlab export {run_dir}` again") from None
+    return data if isinstance(data, dict) else {}
+
+
+def recorded_sha256(run_dir, backend: str) -> str:
+    """The sha256 export.json recorded when ``backend``'s file was written; a UserError when there is none (the
+    file in export/ was not written by `visionlab export`, or before hashes were recorded)."""
+    entry = _export_json(run_dir).get(backend)
+    sha = entry.get("sha256") if isinstance(entry, dict) else None
+    if not isinstance(sha, str):
+        raise UserError(f"{export_path(run_dir, backend)}: no sha256 for it in export.json, so it is not loaded "
+                        "(TorchScript archives contain pickled code). Delete it and run `visionlab export RUN_DIR "
+                        f"format={backend}`, or, if you trust the file, load it yourself with "
+                        "visionlab.deploy.runtime.load_torchscript(PATH)")
+    return sha
 
 
 def _stale(run: LoadedRun, path: Path) -> bool:
@@ -97,8 +133,8 @@ def runner(run_dir, backend: str) -> Callable[[np.ndarray], np.ndarray]:
     if backend not in FILES:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     path = ensure_export(run, backend)
-    if backend == "torchscript":
-        return torch_runner(load_torchscript(path))
+    if backend == "torchscript":                                 # pickled code inside: only our own file
+        return torch_runner(load_torchscript(path, sha256=recorded_sha256(run.run_dir, backend)))
     return onnx_runner(path)
 
 
@@ -188,16 +224,15 @@ def export_run(run_dir, formats: list[str], opset: int = DEFAULT_OPSET,
         calib = _calibration(run, calibration_images, splits) if fmt == "onnx-int8" else None
         path = export(run, fmt, opset, calib)
         results[fmt] = {"file": str(path.relative_to(run.run_dir)), "bytes": path.stat().st_size,
-                        "export_s": round(time.perf_counter() - t0, 2),
+                        "sha256": recorded_sha256(run.run_dir, fmt), "export_s": round(time.perf_counter() - t0, 2),
                         "opset": int(opset) if fmt.startswith("onnx") else None,
                         "method": METHODS[fmt] + (f" on {len(calib)} train images" if calib is not None else "")}
     test = splits.test.subset(limit_indices(splits.test.labels, test_limit, run.cfg.seed))
     for fmt, r in parity(run, formats, test).items():
         results[fmt].update(r)
-    out = run.run_dir / "export.json"
-    merged = read_json(out) if out.is_file() else {}
+    merged = _export_json(run.run_dir)
     merged.update(results)
-    write_json(out, merged)
+    write_json(run.run_dir / "export.json", merged)
     return results
 
 

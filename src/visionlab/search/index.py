@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils import ConfigError
+from ..utils import ConfigError, write_npz
 
 METRICS = ("cosine", "euclidean")
 CHUNK = 4096                 # query rows per matmul: bounds the [chunk, N] score matrix in memory
@@ -84,13 +84,10 @@ class EmbeddingIndex:
         return np.concatenate(out_i).astype(np.int64), np.concatenate(out_s).astype(np.float32)
 
     def save(self, path: str | os.PathLike, **extra) -> Path:
-        """Write embeddings, metric and any extra arrays (labels, names) to an .npz file; returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write embeddings, metric and any extra arrays (labels, names) to an .npz file atomically (a failed write
+        keeps the previous index); returns the path."""
         arrays = {k: np.asarray(v) for k, v in extra.items()}
-        with open(path, "wb") as f:                        # a file object keeps the name exactly as given
-            np.savez(f, embeddings=self.embeddings, metric=np.array(self.metric), **arrays)
-        return path
+        return write_npz(path, embeddings=self.embeddings, metric=np.array(self.metric), **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, metric: str | None = None) -> tuple["EmbeddingIndex", dict]:
