@@ -14,6 +14,7 @@ class ImageSet:
     images: np.ndarray | None = None         # uint8 [N, H, W, C]
     paths: list[str] | None = None           # one file per sample, when not in memory
     names: list[str] | None = None           # a readable id per sample (file name or "train[123]") for galleries
+    masks: np.ndarray | None = None          # uint8 [N, H, W] class ids, 255 = ignore (segmentation sources)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -29,6 +30,7 @@ class ImageSet:
             images=None if self.images is None else self.images[idx],
             paths=None if self.paths is None else [self.paths[i] for i in idx],
             names=None if self.names is None else [self.names[i] for i in idx],
+            masks=None if self.masks is None else self.masks[idx],
         )
 
 
