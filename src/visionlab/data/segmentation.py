@@ -216,7 +216,7 @@ def load_segmentation(cfg, name: str, listing: PairListing, spec=None, source: s
     for s in ("train", "val", "test"):             # data.limit before decoding, build_splits' rule: no-op later
         idx = np.flatnonzero(split_of == s)
         keep.append(idx[limit_indices(labels[good][idx], cfg.limit, cfg.split_seed)] if cfg.limit > 0 else idx)
-    keep = np.sort(np.concatenate(keep))
+    keep = np.concatenate(keep)                    # split by split: each split is a slice (a view) of the arrays
     pre = {"image_size": 0, "short_side": int(cfg.image_size), "pad_square": False, "grayscale": bool(cfg.grayscale)}
     _check_memory(cfg, sub, len(keep), pre)
     images, masks, sizes, ok, bad = _decode(cfg, name, sub, keep, lut, pre)
@@ -229,12 +229,12 @@ def load_segmentation(cfg, name: str, listing: PairListing, spec=None, source: s
     sets = {}
     for s in ("train", "val", "test"):
         i = np.flatnonzero(spl == s)
+        part = slice(int(i[0]), int(i[-1]) + 1) if len(i) else slice(0, 0)
         sets[s] = None if s == "val" and not len(i) else ImageSet(
-            labels=lab[i], images=images[i], masks=masks[i], names=[img_names[k] for k in i])
+            labels=lab[part], images=images[part], masks=masks[part], names=img_names[part])
     if not len(sets["train"]):
         raise UserError(f"{listing.root}: the train split has no readable image/mask pairs")
-    tr = np.flatnonzero(spl == "train")
-    mean, std = valid_stats(images[tr], sizes[tr])
+    mean, std = valid_stats(sets["train"].images, sizes[spl == "train"])
     manifest = [{"file": n, "label": names[c], "split": str(s)} for n, c, s in zip(img_names, lab, spl)]
     size = (int(images.shape[1]), int(images.shape[2]))
     return Splits(train=sets["train"], val=sets["val"], test=sets["test"], classes=names,
