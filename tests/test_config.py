@@ -1,6 +1,8 @@
 """Config and CLI grammar: defaults, overrides, types, unknown keys, clean user errors."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from visionlab import config as C
@@ -101,3 +103,30 @@ def test_every_shipped_config_resolves_and_names_a_known_model():
     names = {c.model.name for c in cfgs}
     assert {"drn_c_26", "drn_d_22", "densenet201", "swin_t", "alexnet", "tf_efficientnet_lite0"} <= names
     assert all(n in MODELS or is_timm_name(n) for n in names)
+
+
+def test_run_name_without_a_config_file_follows_data_and_model():
+    assert C.load_config(None).name == "mnist5k"                                   # the bare demo
+    assert C.load_config(None, ["optim.lr=3e-4", "train.epochs=2"]).name == "mnist5k"
+    cfg = C.load_config(None, ["data.name=folder", "data.root=/data/trashnet/", "model.name=resnet18"])
+    assert cfg.name == "trashnet-resnet18"
+    assert C.load_config(None, ["data.name=cifar10", "model.name=timm/convnext_tiny"]).name == "cifar10-convnext_tiny"
+    assert C.load_config(None, ["data.name=digits"]).name == "digits-mnist_cnn"
+    assert C.load_config(None, ["data.name=digits", "name=mine"]).name == "mine"
+    assert C.load_config("configs/mnist_cnn.yaml", ["model.name=resnet18"]).name == "mnist_cnn"   # file stem
+
+
+def test_ranges_are_declared_on_the_fields():
+    rows = {f.name: f.metadata["bounds"] for f in dataclasses.fields(C.TrainConfig)}
+    assert rows["epochs"] == {"ge": 1} and rows["batch_size"] == {"ge": 1}
+    with pytest.raises(ConfigError, match=r"train.epochs=0 is out of range: it must be >= 1 .*e.g. train.epochs=5"):
+        C.load_config(None, ["train.epochs=0"])
+    with pytest.raises(ConfigError, match=r"optim.lr=0.0 is out of range: it must be > 0"):
+        C.from_dict({"optim": {"lr": 0}})
+
+
+def test_non_utf8_yaml_names_the_file(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes(b"name: caf\xe9\n")
+    with pytest.raises(ConfigError, match="latin1.yaml: not UTF-8 text .*save the file as UTF-8"):
+        C.load_config(p)

@@ -114,13 +114,43 @@ def test_pad_square_letterbox(tmp_path):
     assert c.shape == (5, 12, 1)
 
 
-def test_mixed_sizes_need_image_size(tmp_path):
+def test_mixed_sizes_get_a_default_size(tmp_path, capsys):
+    """Images of several sizes (TrashNet-like portrait and landscape photos) get one size: the model's input size
+    handed in, else 224; said in one line, written back to the config, the same pixels as decoding at that size."""
     for c, size in (("a", (8, 8)), ("b", (9, 7))):
         (tmp_path / c).mkdir()
         for i in range(5):
-            Image.fromarray(np.zeros((*size, 3), np.uint8)).save(tmp_path / c / f"{i}.png")
-    with pytest.raises(UserError, match="data.image_size=N"):
-        build_splits(DataConfig(name="folder", root=str(tmp_path), cache_dir=str(tmp_path / ".c")))
+            Image.fromarray(_gradient(size[1], size[0], seed=i)).save(tmp_path / c / f"{i}.png")
+    cfg = DataConfig(name="folder", root=str(tmp_path), cache_dir=str(tmp_path / ".c"))
+    s = build_splits(cfg)
+    assert cfg.image_size == 224 and s.image_size == (224, 224) and s.preprocess["image_size"] == 224
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith("data.image_size=224: images differ in size (8x8, 7x9)")
+    i = s.train.names.index("b/1.png")
+    assert (s.train.images[i] == load_image(tmp_path / "b" / "1.png", s.preprocess)).all()
+    cfg = DataConfig(name="folder", root=str(tmp_path), cache_dir=str(tmp_path / ".c"))
+    assert build_splits(cfg, default_size=32).image_size == (32, 32) and cfg.image_size == 32   # the model's size
+    lazy = DataConfig(name="folder", root=str(tmp_path), cache_dir=str(tmp_path / ".c"), in_memory="false")
+    assert build_splits(lazy, default_size=16).image_size == (16, 16) and lazy.image_size == 16
+
+
+def test_default_size_is_the_models_input_size():
+    from visionlab.config import load_config
+    from visionlab.tasks import default_image_size
+
+    assert default_image_size(load_config(None, ["model.name=resnet18"])) == 224
+    assert default_image_size(load_config(None, ["model.name=efficientnet_b3"])) == 300   # torchvision's weights
+    assert default_image_size(load_config(None, ["model.name=resnet18", "model.input_size=96"])) == 96
+    assert default_image_size(load_config(None)) is None                   # our own nets: the data default, 224
+
+
+def test_one_class_folder_is_refused(tmp_path):
+    from visionlab.utils import ConfigError
+
+    _hostile_folder(tmp_path / "ds")
+    shutil.rmtree(tmp_path / "ds" / "dog")
+    with pytest.raises(ConfigError, match="at least 2 classes"):
+        build_splits(DataConfig(name="folder", root=str(tmp_path / "ds"), cache_dir=str(tmp_path / "c")))
 
 
 def _split_layout(root: Path, with_test=True):
@@ -167,8 +197,8 @@ def test_lazy_path(tmp_path):
     skipped = {Path(k["file"]).name for k in s.skipped}
     assert {"empty.jpg", "text.jpg", "random.png", "truncated.jpg"} <= skipped   # verified once, cached
     assert load_image(s.train.paths[0], s.preprocess).shape == (12, 12, 3)
-    with pytest.raises(UserError, match="data.image_size"):
-        build_splits(DataConfig(name="folder", root=str(tmp_path / "ds"), in_memory="false"))
+    unsized = DataConfig(name="folder", root=str(tmp_path / "ds"), in_memory="false", cache_dir=str(tmp_path / "c"))
+    assert build_splits(unsized).image_size == (224, 224) and unsized.image_size == 224    # workers need one size
 
 
 def test_check_dataset_finds_leaks_and_corrupt(tmp_path):

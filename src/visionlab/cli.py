@@ -1,6 +1,7 @@
 """The command line: `visionlab MODE [CONFIG.yaml] [key=value ...]`. Parses, calls the API, prints results."""
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -63,7 +64,14 @@ def cmd_train(args: list[str]) -> int:
     if bad:
         raise ConfigError(f"expected key=value overrides, got {bad[0]!r}" +
                           (" (config files end in .yaml)" if bad[0] == args[0] else ""))
-    result = api.train(cfg_path, overrides)
+    try:
+        result = api.train(cfg_path, overrides)
+    except OSError as e:                # some writes (a full disk at fsync) do not say which file: name the folder
+        if e.filename is None and e.errno in FS_FIXES:
+            from .config import load_config
+
+            raise OSError(e.errno, e.strerror, load_config(cfg_path, overrides).out_dir) from None
+        raise
     s = result.summary
     if not s:                           # a distributed worker other than rank 0: rank 0 reports
         return 0
@@ -94,8 +102,12 @@ def cmd_predict(args: list[str]) -> int:
     pos, kv = _split_args(args)
     if len(pos) < 2:
         raise UserError("usage: visionlab predict RUN_DIR IMAGE [IMAGE ...] [topk=5]")
-    topk = _int(kv.pop("topk", "5"), "topk")
+    topk = _int(kv.pop("topk", "5"), "topk", minimum=1)
     _reject_unknown(kv)
+    for image in pos[1:]:
+        if not Path(image).is_file():
+            raise UserError(f"{image}: " + ("is a folder; pass image files (e.g. FOLDER/*.jpg)" if Path(image).is_dir()
+                                            else "image not found; check the path"))
     for image, top in zip(pos[1:], api.predict(pos[0], pos[1:], topk=topk)):
         print(image + "\t" + "  ".join(f"{c}:{p:.3f}" for c, p in top))
     return 0
@@ -152,11 +164,31 @@ def cmd_data(args: list[str]) -> int:
     return 0
 
 
-def _int(value: str, key: str) -> int:
+def _int(value: str, key: str, minimum: int | None = None, example: int = 5) -> int:
     try:
-        return int(value)
+        n = int(value)
     except ValueError:
         raise ConfigError(f"{key}: expected int, got {value!r}") from None
+    if minimum is not None and n < minimum:
+        raise ConfigError(f"{key}={n} is out of range: it must be >= {minimum}; e.g. {key}={example}")
+    return n
+
+
+# file-system errors that are the user's to fix (a read-only, full or foreign folder, a link loop), and the fix
+FS_FIXES = {errno.EROFS: "the file system is read-only: write elsewhere (out_dir=DIR for runs, out=DIR for outputs)",
+            errno.EACCES: "permission denied: fix the folder's permissions, or write elsewhere (out_dir=DIR for runs)",
+            errno.EPERM: "operation not permitted: fix the folder's permissions, or write elsewhere (out_dir=DIR)",
+            errno.ENOSPC: "no space left on the device: free some space, or write elsewhere (out_dir=DIR for runs)",
+            errno.EDQUOT: "disk quota exceeded: free some space, or write elsewhere (out_dir=DIR for runs)",
+            errno.ELOOP: "too many levels of symbolic links: remove the link loop"}
+
+
+def fs_error_message(e: OSError) -> str | None:
+    """One line naming the path and the fix for a file-system error the user can fix; None for other errors."""
+    fix = FS_FIXES.get(e.errno)
+    if fix is None:
+        return None
+    return f"{e.filename}: {fix}" if e.filename else fix
 
 
 def _reject_unknown(kv: dict) -> None:
@@ -207,3 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:             # `visionlab cfg | head`: the reader left; not an error of ours
         sys.stderr.close()
         return 0
+    except OSError as e:
+        msg = fs_error_message(e)
+        if msg is None:
+            raise
+        print(f"error: {msg}", file=sys.stderr)
+        return 1

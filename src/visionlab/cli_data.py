@@ -19,12 +19,15 @@ def _bool(key: str, v: str) -> bool:
     raise ConfigError(f"{key}: expected true or false, got {v!r}")
 
 
-def _number(cast, example: str):
+def _number(cast, example: str, minimum=0):
     def parse(key: str, v: str):
         try:
-            return cast(v)
+            n = cast(v)
         except ValueError:
             raise ConfigError(f"{key}: expected {cast.__name__}, got {v!r} (e.g. {key}={example})") from None
+        if minimum is not None and not n >= minimum:          # not >=: a nan fails too
+            raise ConfigError(f"{key}={v} is out of range: it must be >= {minimum} (e.g. {key}={example})")
+        return n
     return parse
 
 
@@ -92,8 +95,9 @@ def cmd_balance(args: list[str]) -> int:
     """`visionlab data balance SRC OUT ...`: cap or oversample classes; prints counts before and after."""
     from .data.balance import balance_folder, format_balance
 
-    spec = {"max_per_class": (_number(int, "100"), None), "mode": (_choice("auto", "cap", "oversample"), "auto"),
-            "seed": (_number(int, "0"), 0), "link": (_bool, True)}
+    spec = {"max_per_class": (_number(int, "100", minimum=1), None),
+            "mode": (_choice("auto", "cap", "oversample"), "auto"),
+            "seed": (_number(int, "0", minimum=None), 0), "link": (_bool, True)}
     src, out, o = _parse(args, spec, USAGE_BALANCE)
     report = balance_folder(src, out, **o)
     print(format_balance(report))

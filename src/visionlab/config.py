@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,14 @@ import yaml
 from .utils import ConfigError, closest
 
 
-def opt(default, help: str):
-    """A config field: its default and one line of help (shown by `visionlab cfg`)."""
+def opt(default, help: str, *, ge=None, gt=None, le=None, lt=None):
+    """A config field: its default, one line of help (shown by `visionlab cfg`) and an optional range that every
+    loaded value must lie in (ge/gt/le/lt: >=, >, <=, <), so a nonsense value fails before anything runs."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    meta = {"help": help, "bounds": bounds}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -26,23 +30,25 @@ class DataConfig:
                                "trashnet, neu_det (box crops), folder")
     root: str = opt("", "data folder; empty -> $VISIONLAB_DATA/<dataset folder>, else ./data/<dataset folder>")
     download: bool = opt(False, "fetch a missing dataset from the internet (only where a network exists)")
-    val_fraction: float = opt(0.1, "fraction of train held out for validation when the source has no val split")
+    val_fraction: float = opt(0.1, "fraction of train held out for validation when the source has no val split",
+                               ge=0, lt=1)
     split: str = opt("8:1:1", "train:val:test ratio for folder datasets without split folders (seeded, stratified)")
     split_seed: int = opt(0, "seed of the split manifest (fixed apart from the training seed, so seeds share a split)")
-    image_size: int = opt(0, "resize images to this square size; 0 keeps the native size (folders need one size)")
+    image_size: int = opt(0, "resize images to this square size; 0 keeps the native size (folders of mixed sizes: "
+                               "the model's input size, else 224)", ge=0)
     pad_square: bool = opt(False, "letterbox non-square images to a square before resizing, instead of stretching")
     grayscale: bool = opt(False, "convert images to one channel")
-    rotation: float = opt(0.0, "random rotation augmentation, +- degrees (the MNIST seed recipe uses 13)")
-    crop_padding: int = opt(0, "random crop after zero padding by this many pixels (CIFAR recipe: 4)")
+    rotation: float = opt(0.0, "random rotation augmentation, +- degrees (the MNIST seed recipe uses 13)", ge=0)
+    crop_padding: int = opt(0, "random crop after zero padding by this many pixels (CIFAR recipe: 4)", ge=0)
     hflip: bool = opt(False, "random horizontal flip")
-    cutmix: float = opt(0.0, "CutMix beta(alpha) parameter; 0 turns it off")
-    mixup: float = opt(0.0, "MixUp beta(alpha) parameter; 0 turns it off")
-    mix_prob: float = opt(1.0, "probability that a batch gets CutMix/MixUp when either is on")
+    cutmix: float = opt(0.0, "CutMix beta(alpha) parameter; 0 turns it off", ge=0)
+    mixup: float = opt(0.0, "MixUp beta(alpha) parameter; 0 turns it off", ge=0)
+    mix_prob: float = opt(1.0, "probability that a batch gets CutMix/MixUp when either is on", ge=0, le=1)
     normalize: bool = opt(True, "subtract the dataset (or pretrained) mean and divide by std")
     in_memory: str = opt("auto", "auto|true|false: decode once into a uint8 cache and augment whole batches")
     cache_dir: str = opt("", "where decoded-dataset caches go; empty -> ~/.cache/visionlab")
-    num_workers: int = opt(2, "DataLoader workers for datasets that do not fit in memory")
-    limit: int = opt(0, "use at most this many images per split (quick experiments); 0 = all")
+    num_workers: int = opt(2, "DataLoader workers for datasets that do not fit in memory", ge=0)
+    limit: int = opt(0, "use at most this many images per split (quick experiments); 0 = all", ge=0)
     bootstrap: bool = opt(False, "train on a bootstrap resample of the train split drawn with the run's seed "
                                  "(bagging ensembles)")
 
@@ -56,10 +62,10 @@ class ModelConfig:
     stem: str = opt("auto", "auto|imagenet|cifar: cifar = 3x3 stride-1 stem, no max-pool (small images); auto: cifar "
                             "below 64 px unless pretrained")
     spec: str = opt("", "YAML layer spec for model.name=spec_cnn (see configs/spec_cnn_example.yaml)")
-    max_params: float = opt(0.0, "parameter budget: fail before training when the model is larger; 0 = none")
-    drop_path: float = opt(0.0, "stochastic depth rate for models with residual blocks that support it")
+    max_params: float = opt(0.0, "parameter budget: fail before training when the model is larger; 0 = none", ge=0)
+    drop_path: float = opt(0.0, "stochastic depth rate for models with residual blocks that support it", ge=0, lt=1)
     input_size: int = opt(0, "resize each batch to this square size before the model (ImageNet backbones: 224); "
-                             "0 = the data size")
+                             "0 = the data size", ge=0)
     freeze: str = opt("0", "freeze the backbone from the input side: a fraction of its layers (0, 0.25, 0.5, 1) or "
                            "stages:N")
 
@@ -67,42 +73,43 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: str = opt("adam", "optimizer: sgd, adam, adamw, nadam, rmsprop")
-    lr: float = opt(1e-3, "peak learning rate")
-    momentum: float = opt(0.9, "momentum (sgd, rmsprop)")
+    lr: float = opt(1e-3, "peak learning rate", gt=0)
+    momentum: float = opt(0.9, "momentum (sgd, rmsprop)", ge=0, lt=1)
     nesterov: bool = opt(False, "Nesterov momentum (sgd)")
-    weight_decay: float = opt(0.0, "L2 weight decay (decoupled for adamw)")
+    weight_decay: float = opt(0.0, "L2 weight decay (decoupled for adamw)", ge=0)
     betas: list = opt([0.9, 0.999], "Adam-family betas")
     scheduler: str = opt("none", "lr schedule: none, step, multistep, cosine, onecycle")
-    step_size: int = opt(4, "step: epochs between decays")
-    gamma: float = opt(0.5, "step/multistep: decay factor")
+    step_size: int = opt(4, "step: epochs between decays", ge=1)
+    gamma: float = opt(0.5, "step/multistep: decay factor", gt=0)
     milestones: list = opt([], "multistep: epochs at which lr is multiplied by gamma")
-    warmup_epochs: float = opt(0.0, "linear warmup from 0 over this many epochs (fractional allowed)")
-    min_lr: float = opt(0.0, "cosine: final learning rate")
-    backbone_lr_mult: float = opt(1.0, "discriminative learning rates: backbone lr = lr x this, the head gets lr")
+    warmup_epochs: float = opt(0.0, "linear warmup from 0 over this many epochs (fractional allowed)", ge=0)
+    min_lr: float = opt(0.0, "cosine: final learning rate", ge=0)
+    backbone_lr_mult: float = opt(1.0, "discriminative learning rates: backbone lr = lr x this, the head gets lr",
+                                   ge=0)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = opt(5, "number of passes over the training split")
-    batch_size: int = opt(100, "training batch size")
-    eval_batch_size: int = opt(500, "batch size for validation and test")
+    epochs: int = opt(5, "number of passes over the training split", ge=1)
+    batch_size: int = opt(100, "training batch size", ge=1)
+    eval_batch_size: int = opt(500, "batch size for validation and test", ge=1)
     device: str = opt("auto", "auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     precision: str = opt("auto", "auto (bf16 autocast on CPU/CUDA where supported), fp32, bf16, fp16 (CUDA)")
     channels_last: bool = opt(True, "channels_last memory format (much faster pooling on CPU)")
-    label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
-    grad_clip: float = opt(0.0, "clip gradient norm to this value; 0 = off")
-    ema_decay: float = opt(0.0, "keep an exponential moving average of weights with this decay; 0 = off")
-    early_stop: int = opt(0, "stop after this many epochs without improving the primary metric; 0 = off")
-    checkpoint_every: int = opt(0, "also save last.* every N optimizer steps (0: at each epoch end only)")
-    threads: int = opt(0, "torch CPU threads; 0 = all cores")
+    label_smoothing: float = opt(0.0, "cross-entropy label smoothing", ge=0, lt=1)
+    grad_clip: float = opt(0.0, "clip gradient norm to this value; 0 = off", ge=0)
+    ema_decay: float = opt(0.0, "keep an exponential moving average of weights with this decay; 0 = off", ge=0, lt=1)
+    early_stop: int = opt(0, "stop after this many epochs without improving the primary metric; 0 = off", ge=0)
+    checkpoint_every: int = opt(0, "also save last.* every N optimizer steps (0: at each epoch end only)", ge=0)
+    threads: int = opt(0, "torch CPU threads; 0 = all cores", ge=0)
     progress: bool = opt(True, "show a progress bar on stderr")
     tensorboard: bool = opt(True, "write TensorBoard events when tensorboard is installed")
     unfreeze_epochs: list = opt([], "gradual unfreezing: at each listed epoch release one more frozen layer group, "
                                     "from the head backwards")
     progressive_stages: int = opt(0, "progressive resizing: N stages from progressive_min_size up to the full size, "
-                                     "augmentation and mixing strength rising with it (EfficientNetV2); 0 = off")
-    progressive_min_size: int = opt(0, "first-stage image size; 0 = half the full size")
-    progressive_min_reg: float = opt(0.25, "first-stage fraction of rotation/crop/cutmix/mixup strength")
+                                     "augmentation and mixing strength rising with it (EfficientNetV2); 0 = off", ge=0)
+    progressive_min_size: int = opt(0, "first-stage image size; 0 = half the full size", ge=0)
+    progressive_min_reg: float = opt(0.25, "first-stage fraction of rotation/crop/cutmix/mixup strength", ge=0, le=1)
 
 
 @dataclass
@@ -145,17 +152,32 @@ def from_dict(d: dict, cls=Config, prefix: str = ""):
     if not isinstance(d, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {type(d).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in d.items():
-        if key not in names:
+        if key not in fields:
             _unknown_key(prefix + str(key))
         t = hints[key]
         if dataclasses.is_dataclass(t):
             kwargs[key] = from_dict(value or {}, t, prefix + key + ".")
         else:
             kwargs[key] = coerce(prefix + key, value, t)
+            check_range(prefix + key, kwargs[key], fields[key])
     return cls(**kwargs)
+
+
+_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+           "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def check_range(key: str, value, f: dataclasses.Field) -> None:
+    """ConfigError naming the valid range and the default when ``value`` lies outside the field's bounds."""
+    bounds = f.metadata.get("bounds") or {}
+    if all(_BOUNDS[k][1](value, b) for k, b in bounds.items()):
+        return
+    rule = " and ".join(f"{_BOUNDS[k][0]} {b:g}" for k, b in bounds.items())
+    raise ConfigError(f"{key}={value!r} is out of range: it must be {rule} ({f.metadata['help']}); "
+                      f"e.g. {key}={f.default!r} (the default)")
 
 
 def _unknown_key(key: str):
@@ -245,7 +267,26 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     if overrides:
         over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
         d = merge(d, over)
+        if path is None and "name" not in over:
+            d["name"] = default_name(d)
     return from_dict(d)
+
+
+def default_name(d: dict) -> str:
+    """The run name of a config without a file: the demo's own name, or <dataset>-<model> once either is changed
+    (a folder dataset is named after its root folder): `data.name=folder data.root=x/trashnet model.name=resnet18`
+    runs as trashnet-resnet18, not as the demo."""
+    data, model = d.get("data") or {}, d.get("model") or {}
+    if not isinstance(data, dict) or not isinstance(model, dict):
+        return DEFAULT_JOB["name"]                     # from_dict reports the malformed section
+    keys = (data.get("name"), data.get("root", ""), model.get("name"))
+    if keys == (DEFAULT_JOB["data"]["name"], "", DEFAULT_JOB["model"]["name"]):
+        return DEFAULT_JOB["name"]
+    dataset = str(data.get("name") or DEFAULT_JOB["data"]["name"])
+    if dataset == "folder" and data.get("root"):
+        dataset = Path(str(data["root"])).expanduser().resolve().name or dataset
+    arch = str(model.get("name") or DEFAULT_JOB["model"]["name"]).rsplit("/", 1)[-1]     # timm/convnext_tiny
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}-{arch}").strip("._") or DEFAULT_JOB["name"]
 
 
 def read_yaml(path: str | os.PathLike, missing: str):
@@ -255,6 +296,9 @@ def read_yaml(path: str | os.PathLike, missing: str):
         raise ConfigError(missing.format(path=path))
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start} is {e.object[e.start:e.start + 1]!r}); "
+                          "save the file as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
 

@@ -16,18 +16,24 @@ DATASETS.register("trashnet", folder.build_trashnet)
 DATASETS.register("neu_det", neu_det.build_neu_det)
 DATASETS.register("mnist5k", embedded.build_mnist5k)
 DATASETS.register("digits", embedded.build_digits)
+# sources whose images may differ in size: with data.image_size=0 they take the size to use from build_splits
+MIXED_SIZES = {"folder", "trashnet", "neu_det"}
 
 __all__ = ["DATASETS", "ImageSet", "Splits", "build_splits", "channel_stats"]
 
 
-def build_splits(cfg) -> Splits:
+def build_splits(cfg, default_size: int | None = None) -> Splits:
     """Build the dataset named by ``cfg.name`` (a DataConfig) and apply ``cfg.limit`` to every split.
+
+    ``default_size``: the square size for images of several sizes when cfg.image_size is 0 (the model's input
+    size, handed in by the pipeline; None = folder.DEFAULT_IMAGE_SIZE); the size chosen is written to cfg.image_size.
 
     The limit keeps a seeded (cfg.split_seed), stratified subsample of at most ``limit`` images per split.
     Array sources compute mean/std on the full train split; folder sources apply the same limit before
     decoding (only the kept files are read), so their mean/std come from the kept train images.
     """
-    splits = DATASETS.get(cfg.name)(cfg)
+    build = DATASETS.get(cfg.name)
+    splits = build(cfg, default_size) if cfg.name in MIXED_SIZES else build(cfg)
     if cfg.limit and cfg.limit > 0:
         for name in ("train", "val", "test"):
             part = getattr(splits, name)

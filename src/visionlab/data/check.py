@@ -103,7 +103,8 @@ def format_check(report: dict) -> str:
     lines.append(f"corrupt or unreadable: {len(report['corrupt'])}")
     lines += [f"  {c['file']}: {c['reason']}" for c in report["corrupt"]]
     if report.get("ignored"):
-        lines.append(f"ignored (not image files): {len(report['ignored'])}")
+        lines.append(f"ignored (not image files, link loops): {len(report['ignored'])}")
+        lines += [f"  {i['file']}: {i['reason']}" for i in report["ignored"] if "link" in i["reason"]][:20]
     lines.append(f"duplicate groups within a split: {len(report['duplicates_within_split'])}")
     lines += [f"  {' = '.join(g)}" for g in report["duplicates_within_split"][:20]]
     lines.append(f"duplicate groups ACROSS splits (leakage): {len(report['duplicates_across_splits'])}")

@@ -7,18 +7,67 @@ from __future__ import annotations
 import functools
 import multiprocessing as mp
 import os
+import re
 import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..utils import ConfigError, UserError
+
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
 POOL_MIN_FILES = 1500        # below this a process pool costs more than it saves
 CHUNK = 256
+# Decompression bombs: a 140 KB PNG can declare 12000x12000 px (~0.5 GB decoded). 40 Mpx is above any photo a
+# phone or DSLR takes (a 24 Mpx DSLR frame is 6000x4000) and well below Pillow's own 179 Mpx error.
+MAX_PIXELS = 40_000_000
+MAX_PIXELS_ENV = "VISIONLAB_MAX_PIXELS"
 
 
 class DecodeError(Exception):
     """A file that cannot be decoded into an image; ``str(e)`` is a short reason for the skip report."""
+
+
+def max_pixels() -> int:
+    """The largest image (width x height) that visionlab decodes: $VISIONLAB_MAX_PIXELS, else MAX_PIXELS; 0 = any."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return MAX_PIXELS
+    try:
+        value = int(float(raw.replace("_", "")))
+    except ValueError:
+        raise ConfigError(f"{MAX_PIXELS_ENV}={raw!r}: expected a number of pixels, e.g. {MAX_PIXELS_ENV}=100000000 "
+                          f"(0 = no limit; unset = {MAX_PIXELS:,})") from None
+    return max(value, 0)
+
+
+def apply_max_pixels() -> int:
+    """Make Pillow itself refuse bombs at our limit (it raises above 2x Image.MAX_IMAGE_PIXELS); returns the limit."""
+    limit = max_pixels()
+    Image.MAX_IMAGE_PIXELS = limit or None
+    return limit
+
+
+def too_large(pixels: int | None, size: tuple[int, int] | None = None) -> str:
+    """The refusal text for an image over the pixel limit (a skip reason, or part of a predict/app message)."""
+    what = f"{size[0]}x{size[1]} = {pixels / 1e6:.1f} Mpx" if size else f"{(pixels or 0) / 1e6:.1f} Mpx"
+    return (f"too large: {what}, over the {max_pixels() / 1e6:g} Mpx limit against decompression bombs; "
+            f"set {MAX_PIXELS_ENV}=N to allow larger images")
+
+
+def check_pixels(im: Image.Image, name: str = "") -> None:
+    """Raise DecodeError when an opened (not yet loaded) image declares more pixels than max_pixels(); ``name``,
+    when given, starts the message (skip reports leave it out: they name the file themselves)."""
+    limit = max_pixels()
+    w, h = im.size
+    if limit and w * h > limit:
+        raise DecodeError((f"{name}: " if name else "") + too_large(w * h, (w, h)))
+
+
+try:
+    apply_max_pixels()
+except ConfigError:                 # a bad $VISIONLAB_MAX_PIXELS is reported where an image is opened
+    pass
 
 
 def preprocess_dict(cfg) -> dict:
@@ -82,19 +131,28 @@ def letterbox(im: Image.Image) -> Image.Image:
 
 
 def _open(path) -> Image.Image:
+    apply_max_pixels()                                # the limit of now ($VISIONLAB_MAX_PIXELS may have changed)
     try:
         if os.path.getsize(path) == 0:
             raise DecodeError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")           # corrupt EXIF etc. warn; we judge by load() below
             im = Image.open(path)
+            check_pixels(im)                          # from the header, before a single pixel is decoded
             im.load()
     except DecodeError:
         raise
+    except FileNotFoundError:
+        raise DecodeError("file not found") from None
+    except PermissionError:
+        raise DecodeError("permission denied (not readable by this user)") from None
+    except IsADirectoryError:
+        raise DecodeError("a folder, not an image file") from None
     except UnidentifiedImageError:
         raise DecodeError("not an image (unrecognized format)") from None
     except Image.DecompressionBombError as e:
-        raise DecodeError(f"too large: {e}") from None
+        pixels = re.search(r"\((\d+) pixels\)", str(e))
+        raise DecodeError(too_large(int(pixels.group(1)) if pixels else None)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         msg = str(e) or type(e).__name__
         reason = "truncated" if "truncat" in msg.lower() else "corrupt"
@@ -128,6 +186,8 @@ def try_load(path, preprocess: dict):
         return load_image(path, preprocess), None
     except DecodeError as e:
         return None, str(e)
+    except UserError:                                 # a bad $VISIONLAB_MAX_PIXELS: not this file's fault
+        raise
     except Exception as e:                            # anything else PIL throws at a hostile file
         return None, f"unreadable: {type(e).__name__}: {e}"[:160]
 
@@ -139,6 +199,8 @@ def verify(path) -> str | None:
         return None
     except DecodeError as e:
         return str(e)
+    except UserError:
+        raise
     except Exception as e:
         return f"unreadable: {type(e).__name__}: {e}"[:160]
 

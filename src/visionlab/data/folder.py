@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from ..config import data_root
-from ..utils import UserError
+from ..utils import ConfigError, UserError
 from . import cache
 from .base import ImageSet, channel_stats
 from .decode import IMAGE_EXTS, decode_files, preprocess_dict, probe, try_load, verify_files
@@ -19,6 +20,9 @@ from .split import holdout, limit_indices, make_splits, missing_data_error, spli
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 STATS_SAMPLE = 500
+# images of several sizes need one: the caller hands in the model's input size; else what ImageNet backbones and
+# Ultralytics' classifiers take (Keras picks 256)
+DEFAULT_IMAGE_SIZE = 224
 
 
 @dataclass
@@ -40,22 +44,40 @@ class Listing:
     split_dirs: dict = field(default_factory=dict)   # canonical split -> folder name on disk
 
 
+def _kind(e: os.DirEntry) -> str | None:
+    """'dir', 'file', None (something else), or the reason a symbolic link cannot be followed."""
+    try:
+        return "dir" if e.is_dir() else "file" if e.is_file() else None
+    except OSError as err:                        # ELOOP: a link to itself; EACCES: a folder we may not read
+        return f"ignored: {err.strerror or err} (a broken or looping symbolic link?)"
+
+
+def _loop(path: str) -> dict:
+    return {"file": path, "reason": f"ignored: symbolic link to a folder already listed ({os.path.realpath(path)}), "
+                                    "e.g. a link loop; remove the link"}
+
+
 def _visible_dirs(d: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(d) if e.is_dir() and not e.name.startswith("."))
+    return sorted(e.name for e in os.scandir(d) if not e.name.startswith(".") and _kind(e) == "dir")
 
 
-def _files(d: Path, prefix: str):
-    """(relative path, DirEntry) of every non-hidden file under ``d``, recursively, sorted."""
+def _files(d: Path, prefix: str, seen: set, ignored: list):
+    """(relative path, DirEntry) of every non-hidden file under ``d``, recursively, sorted. A folder already listed
+    (``seen``: real paths), as a symbolic link loop makes, is skipped and noted in ``ignored``, like a dead link."""
     stack = [(d, prefix)]
     while stack:
         cur, pre = stack.pop()
         for e in sorted(os.scandir(cur), key=lambda e: e.name):
-            if e.name.startswith("."):
-                continue
-            if e.is_dir():
+            kind = "hidden" if e.name.startswith(".") else _kind(e)
+            if kind == "dir" and os.path.realpath(e.path) in seen:
+                ignored.append(_loop(e.path))
+            elif kind == "dir":
+                seen.add(os.path.realpath(e.path))
                 stack.append((Path(e.path), f"{pre}{e.name}/"))
-            elif e.is_file():
+            elif kind == "file":
                 yield f"{pre}{e.name}", e
+            elif kind and kind.startswith("ignored"):
+                ignored.append({"file": e.path, "reason": kind})
 
 
 def scan_folder(root) -> Listing:
@@ -69,9 +91,14 @@ def scan_folder(root) -> Listing:
     classes = sorted({c for _, pre in groups for c in _visible_dirs(root / pre)})
     index = {c: i for i, c in enumerate(classes)}
     entries, ignored = [], []
+    tops = {os.path.realpath(root / pre) for _, pre in groups} | {os.path.realpath(root)}
+    seen = tops | {os.path.realpath(root / pre / c) for _, pre in groups for c in _visible_dirs(root / pre)}
     for split, pre in groups:
         for cls in _visible_dirs(root / pre):
-            for rel, e in _files(root / pre / cls, f"{pre}{cls}/"):
+            if os.path.realpath(root / pre / cls) in tops:          # a class folder linking back to the root
+                ignored.append(_loop(str(root / pre / cls)))
+                continue
+            for rel, e in _files(root / pre / cls, f"{pre}{cls}/", seen, ignored):
                 if os.path.splitext(e.name)[1].lower() not in IMAGE_EXTS:
                     ignored.append({"file": str(root / rel), "reason": "ignored: not an image file extension"})
                     continue
@@ -116,10 +143,27 @@ def _root_for(cfg, name: str) -> Path:
     return Path(cfg.root).expanduser()
 
 
-def _decode_all(cfg, name: str, listing: Listing, pre: dict):
-    """(images uint8 NHWC, index of decoded entries, skipped) for every entry, through the cache."""
+def _resize_all(arrays: list, size: int) -> np.ndarray:
+    """Bilinear resize of decoded images to size x size: the same pixels as decoding at data.image_size=size."""
+    out = []
+    for a in arrays:
+        im = Image.fromarray(a[..., 0] if a.shape[2] == 1 else a).resize((size, size), Image.BILINEAR)
+        out.append(np.asarray(im, dtype=np.uint8).reshape(size, size, a.shape[2]))
+    return np.stack(out)
+
+
+def _say_size(cfg, root: Path, size: int, why: str) -> None:
+    """Record the chosen size in the run's config (data.image_size) and say so in one line."""
+    cfg.image_size = size
+    print(f"data.image_size={size}: {why} in {root}; each is resized to {size}x{size}, the default (the model's "
+          f"input size, else {DEFAULT_IMAGE_SIZE}); set data.image_size=N to choose another", flush=True)
+
+
+def _decode_all(cfg, name: str, listing: Listing, pre: dict, default_size: int):
+    """(images uint8 NHWC, index of decoded entries, skipped, preprocess) for every entry, through the cache.
+    Images of several sizes are resized to ``default_size`` when data.image_size is 0 (preprocess says so)."""
     ident = [(e.rel, e.size, e.mtime_ns) for e in listing.entries]
-    key = cache.make_key(name, ident, pre)
+    key = cache.make_key(name, ident, pre, *(() if pre["image_size"] else (default_size,)))
     slot = cache.make_key(name, str(listing.root.resolve()), pre, cfg.limit)   # a quick run keeps the full cache
 
     def build():
@@ -128,16 +172,20 @@ def _decode_all(cfg, name: str, listing: Listing, pre: dict):
         skipped = [{"file": listing.entries[i].rel, "reason": r} for i, (a, r) in enumerate(results) if a is None]
         if not ok:
             raise UserError(f"{listing.root}: none of the {len(results)} image files could be decoded")
-        shapes = sorted({results[i][0].shape for i in ok})
-        if len(shapes) > 1:
-            raise UserError(f"{listing.root}: images differ in size ({', '.join(f'{s[1]}x{s[0]}' for s in shapes[:4])}"
-                            f"{', ...' if len(shapes) > 4 else ''}); set data.image_size=N to resize them all")
-        images = np.stack([results[i][0] for i in ok])
-        return {"images": images, "ok": np.array(ok, np.int64)}, {"skipped": skipped}
+        shapes = sorted({results[i][0].shape[:2] for i in ok})
+        meta = {"skipped": skipped, "sizes": [f"{w}x{h}" for h, w in shapes[:4]] + ["..."] * (len(shapes) > 4)}
+        if len(shapes) > 1:              # data.image_size=0 (else every image has that size)
+            meta["resized_to"] = default_size
+            return {"images": _resize_all([results[i][0] for i in ok], default_size),
+                    "ok": np.array(ok, np.int64)}, meta
+        return {"images": np.stack([results[i][0] for i in ok]), "ok": np.array(ok, np.int64)}, meta
 
     arrays, meta, _ = cache.cached(cfg, name, slot, key, build)
     skipped = [{"file": str(listing.root / s["file"]), "reason": s["reason"]} for s in meta["skipped"]]
-    return arrays["images"], arrays["ok"], skipped
+    if meta.get("resized_to"):
+        pre = {**pre, "image_size": int(meta["resized_to"])}
+        _say_size(cfg, listing.root, pre["image_size"], f"images differ in size ({', '.join(meta['sizes'])})")
+    return arrays["images"], arrays["ok"], skipped, pre
 
 
 def _limit(listing: Listing, split_of: np.ndarray, limit: int, seed: int):
@@ -162,9 +210,6 @@ def _native_size(listing: Listing) -> tuple[int, int]:
 
 def _lazy(cfg, name: str, listing: Listing, pre: dict):
     """(index of entries that decode, skipped): one full verify pass, cached, so workers never meet a bad file."""
-    if not pre["image_size"]:
-        raise UserError(f"{listing.root} is decoded lazily (too big for memory or data.in_memory=false): "
-                        "set data.image_size=N so that every image gets one size")
     key = cache.make_key(name, [(e.rel, e.size, e.mtime_ns) for e in listing.entries], "verify")
     slot = cache.make_key(name, str(listing.root.resolve()), "verify", cfg.limit)
 
@@ -209,8 +254,21 @@ def _assemble(listing: Listing, split_of: np.ndarray, ok: np.ndarray, images):
     return sets, manifest
 
 
-def load_folder(cfg, name: str = "folder"):
-    """Splits of an image-folder dataset at cfg.root (or the trashnet data folder), see module docstring."""
+def _check_classes(listing: Listing) -> None:
+    """A class-folder dataset with images of one class only would score 100 % without learning anything."""
+    present = sorted({listing.classes[e.label] for e in listing.entries})
+    if len(present) < 2:
+        root = listing.root
+        raise ConfigError(f"{root}: all images are in one class folder ({present[0]!r}); classification needs at "
+                          f"least 2 classes: put each class's images in its own {root}/<class>/ folder (or point "
+                          f"data.root at the folder that holds the class folders)")
+
+
+def load_folder(cfg, name: str = "folder", default_size: int | None = None):
+    """Splits of an image-folder dataset at cfg.root (or the trashnet data folder), see module docstring.
+
+    With data.image_size=0, images of several sizes (or a folder decoded lazily) get ``default_size`` (the model's
+    input size, from the caller; else DEFAULT_IMAGE_SIZE), written back to ``cfg.image_size`` for the run's config."""
     root = _root_for(cfg, name)
     if not root.is_dir():
         raise missing_data_error(name, root, ["<class>/*.jpg|png (or train|val|test/<class>/*)"],
@@ -219,6 +277,8 @@ def load_folder(cfg, name: str = "folder"):
     if not listing.entries:
         raise UserError(f"{root}: no images found; expected {root}/<class>/*.jpg|png "
                         f"or {root}/train|val|test/<class>/*.jpg|png (hidden files are ignored)")
+    _check_classes(listing)
+    default_size = default_size or DEFAULT_IMAGE_SIZE
     split_of = assign_splits(listing, cfg)
     if cfg.limit > 0:                              # decode only what a quick run keeps (build_splits: same rule)
         listing, split_of = _limit(listing, split_of, cfg.limit, cfg.split_seed)
@@ -227,8 +287,12 @@ def load_folder(cfg, name: str = "folder"):
     nbytes = len(listing.entries) * h * w * (1 if pre["grayscale"] else 3)
     images = stats = None
     if cache.want_memory(cfg, nbytes):
-        images, ok, skipped = _decode_all(cfg, name, listing, pre)
+        images, ok, skipped, pre = _decode_all(cfg, name, listing, pre, default_size)
     else:
+        if not pre["image_size"]:       # workers decode batch by batch: one size for all, known before
+            pre = {**pre, "image_size": default_size}
+            _say_size(cfg, root, default_size, "images are decoded lazily (too many for memory, or "
+                                               "data.in_memory=false)")
         ok, skipped = _lazy(cfg, name, listing, pre)
     sets, manifest = _assemble(listing, split_of, ok, images)
     if images is None:
@@ -240,11 +304,11 @@ def load_folder(cfg, name: str = "folder"):
                        image_size=(pre["image_size"],) * 2, stats=stats)
 
 
-def build_folder(cfg):
+def build_folder(cfg, default_size: int | None = None):
     """Generic image folders at data.root (required)."""
-    return load_folder(cfg, "folder")
+    return load_folder(cfg, "folder", default_size)
 
 
-def build_trashnet(cfg):
+def build_trashnet(cfg, default_size: int | None = None):
     """TrashNet photos (<class>/*.jpg, 6 classes) at data_root(cfg, 'trashnet'), seeded data.split."""
-    return load_folder(cfg, "trashnet")
+    return load_folder(cfg, "trashnet", default_size)

@@ -20,7 +20,7 @@ from .split import missing_data_error, parse_ratios, stratified_split
 MARGIN = 0.1        # context around each box, as a fraction of its width/height per side
 
 
-def build_neu_det(cfg):
+def build_neu_det(cfg, default_size: int | None = None):
     """Crops of every defect box under data_root(cfg, 'neu_det') (images/*.jpg, annotations/*.xml), split 8:1:1
     (data.split, data.split_seed) by source photo, stratified by defect class."""
     src = data_root(cfg, "neu_det")
@@ -32,7 +32,9 @@ def build_neu_det(cfg):
     out = cache.cache_dir(cfg) / f"neu_det_crops-{key[:20]}"
     if not (out / "split.csv").is_file():
         _build(src, out, cfg.split, cfg.split_seed)
-    splits = load_folder(dataclasses.replace(cfg, root=str(out)), "neu_det")
+    crops = dataclasses.replace(cfg, root=str(out))
+    splits = load_folder(crops, "neu_det", default_size)
+    cfg.image_size = crops.image_size                 # the size chosen for crops of several sizes, for the run config
     splits.source = f"neu_det: box crops (margin {MARGIN}) of {src.resolve()}, split by photo; cached in {out}"
     return splits
 

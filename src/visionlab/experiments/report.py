@@ -6,6 +6,7 @@ import html
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +65,8 @@ def _read_errors(path: Path, notes: list[str]) -> dict | None:
                 raise ValueError(f"missing arrays {missing}")
             out = {k: z[k] for k in ERROR_KEYS}
             out["names"] = [str(s) for s in z["names"]] if "names" in z.files else None
-    except (OSError, ValueError) as e:
-        notes.append(f"errors.npz could not be read: {e}")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:       # truncated: not a zip file any more
+        notes.append(f"errors.npz could not be read ({e}): no gallery of misclassified images")
         return None
     if out["images"].ndim == 3:  # [K, H, W] grayscale without a channel axis
         out["images"] = out["images"][..., None]
@@ -81,10 +82,10 @@ def load_run_files(run_dir: str | os.PathLike) -> dict:
     info = {"run_dir": run_dir, "notes": notes, "config_text": None, "config": {}, "metrics": []}
     cfg_path = run_dir / "config.yaml"
     if cfg_path.is_file():
-        info["config_text"] = cfg_path.read_text(encoding="utf-8")
         try:
+            info["config_text"] = cfg_path.read_text(encoding="utf-8")
             info["config"] = yaml.safe_load(info["config_text"]) or {}
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             notes.append(f"config.yaml could not be parsed: {e}")
     if (run_dir / "metrics.csv").is_file():
         try:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from ..data.transforms import BatchAugment, ProgressiveSchedule, mix_batch
 from ..metrics.classification import ClassificationMetrics
 from ..models.transfer import apply_freeze, freeze_norm_stats, frozen_layers, split_params
+from ..utils import ConfigError
 from .base import Task
 
 
@@ -131,6 +132,10 @@ def build_classification(cfg, info, generator: torch.Generator) -> Classificatio
     learning rates and progressive resizing. The task's ``info`` carries the normalization actually used."""
     from ..models import build_model, resolve_stem
 
+    if info.num_classes < 2:
+        raise ConfigError(f"data.name={cfg.data.name}: {info.num_classes} class ({', '.join(info.classes)}); "
+                          "classification needs at least 2 classes (one class scores 100 % without learning): "
+                          "choose a dataset with two or more classes")
     m, d, t = cfg.model, cfg.data, cfg.train
     size = info.image_size[0]
     # resolved once and stored in the sidecar, so load_run (which rebuilds without pretrained) gets the same network
@@ -154,6 +159,24 @@ def build_classification(cfg, info, generator: torch.Generator) -> Classificatio
     task = ClassificationTask(model, params, train_tf, eval_tf, progressive)
     task.info, task.input_size = info, (input_size, input_size)
     return task
+
+
+def default_image_size(cfg) -> int | None:
+    """The square size for a dataset whose images differ in size (data.image_size=0): model.input_size when set,
+    else the input size of the architecture's pretrained weights where torchvision or timm define one (read from
+    their metadata, nothing downloaded); None leaves it to the data default (224)."""
+    from ..models import MODELS, is_timm_name, timm_preprocessing
+    from ..models.pretrained import torchvision_preprocessing
+    from ..models.torchvision_zoo import torchvision_names
+
+    name = cfg.model.name
+    if cfg.model.input_size:
+        return cfg.model.input_size
+    if name in torchvision_names():
+        return torchvision_preprocessing(name)["input_size"]
+    if name not in MODELS and is_timm_name(name):
+        return timm_preprocessing(name)["input_size"]
+    return None
 
 
 def _pretrained_preprocessing(model, info, cfg):
