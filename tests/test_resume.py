@@ -50,3 +50,32 @@ def test_resume_true_finds_newest_run(tmp_path):
     again = run_cli("train", "resume=true", f"out_dir={tmp_path}", "name=r")
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip().splitlines()[-1] == str(tmp_path / "r")
+
+
+def test_resume_applies_safe_overrides_and_refuses_others(tmp_path):
+    tiny = ["data.limit=200", "train.threads=1", "train.progress=false", "train.tensorboard=false"]
+    first = run_cli("train", *tiny, "train.epochs=1", f"out_dir={tmp_path}", "name=r")
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "r"
+    env = (run_dir / "env.json").read_bytes()
+
+    more = run_cli("train", f"resume={run_dir}", "train.epochs=2", "train.threads=1")
+    assert more.returncode == 0, more.stderr
+    assert "resuming" in more.stdout and "train.epochs: 1 -> 2" in more.stdout
+    assert [r["epoch"] for r in metrics_rows(run_dir)] == ["1", "2"]          # the second epoch was trained
+    assert json.loads((run_dir / "summary.json").read_text())["epochs_run"] == 2
+    assert "epochs: 2" in (run_dir / "config.yaml").read_text()           # the folder reproduces what it holds
+    assert (run_dir / "env.json").read_bytes() == env                    # the start's environment is kept
+    history = (run_dir / "resumes.jsonl").read_text().splitlines()
+    assert len(history) == 1
+    line = json.loads(history[0])
+    assert line["overrides"] == {"train.epochs": [1, 2]} and line["epoch"] == 1
+    assert {"time", "argv", "versions"} <= set(line) and "train.epochs=2" in line["argv"]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+
+    config = (run_dir / "config.yaml").read_text()
+    bad = run_cli("train", f"resume={run_dir}", "model.name=x", "train.epochs=3")
+    assert bad.returncode == 2
+    assert "model.name" in bad.stderr and "train.epochs" not in bad.stderr.split("may change only")[0]
+    assert (run_dir / "config.yaml").read_text() == config and (run_dir / "env.json").read_bytes() == env
+    assert len((run_dir / "resumes.jsonl").read_text().splitlines()) == 1

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from visionlab import config as C
 from visionlab.cli_experiments import cmd_compare, cmd_seeds
 from visionlab.experiments import compare, render_any, seeds
 from visionlab.utils import ConfigError, UserError
@@ -119,3 +120,47 @@ def test_render_any_dispatch(tmp_path):
     with pytest.raises(UserError, match="seeds.json or compare.json"):
         render_any(tmp_path / "empty")
     assert os.path.exists(run / "report.html")
+
+
+def _fake_seed(parent, k: int, acc: float, status: str | None, reason: str | None = None, summary: bool = True):
+    """A seed-<k> run folder as train leaves it, without training: config.yaml, summary.json, status.json."""
+    d = parent / f"seed-{k}"
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(f"seed: {k}\n")
+    if summary:
+        (d / "summary.json").write_text(json.dumps({"test/acc": acc, "test/loss": 1 - acc, "best_epoch": 1,
+                                                    "timings": {"train_s": 1.0}}))
+    if status:
+        (d / "status.json").write_text(json.dumps({"status": status, "reason": reason}))
+
+
+def test_failed_runs_are_left_out_and_explained(tmp_path, monkeypatch):
+    for v, base in (("a", 0.5), ("b", 0.6)):
+        parent = tmp_path / "cmp" / v
+        _fake_seed(parent, 0, base, "finished")
+        _fake_seed(parent, 1, base + 0.1, None)                    # made before status.json existed: finished
+        _fake_seed(parent, 2, 0.99, "failed", "CUDA out of memory")   # a resume that failed: old summary
+        _fake_seed(parent, 3, 0.0, "failed", "interrupted", summary=False)
+    parent = tmp_path / "cmp" / "a"
+    assert seeds.seed_dir_state(parent / "seed-2") == "stale"      # its old summary does not count
+    assert [r["seed"] for r in seeds.collect(parent)] == [0, 1]
+    seeds.write_seeds(parent, {"name": "a", "n": 4})
+    data = json.loads((parent / "seeds.json").read_text())
+    assert data["stats"]["test/acc"]["n"] == 2
+    assert data["failed"] == {"2": "failed: CUDA out of memory", "3": "failed: interrupted"}
+    md = (parent / "seeds.md").read_text()
+    assert "seed 2 (left out)" in md and "CUDA out of memory" in md and "failed: interrupted" in md
+
+    compare.write_compare(tmp_path / "cmp", {"name": "cmp", "metric": "test/acc", "baseline": "a", "n": 4,
+                                             "variant_overrides": {"a": [], "b": ["optim.lr=0.1"]}})
+    cdata = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert cdata["comparisons"]["b"]["matched_seeds"] == [0, 1]
+    assert cdata["variants"]["b"]["failed"]["2"] == "failed: CUDA out of memory"
+    assert "b/seed-3 (left out)" in (tmp_path / "cmp" / "compare.md").read_text()
+
+    # seeds says why before it trains a failed seed again
+    logged = []
+    monkeypatch.setattr(seeds, "train_run", _no_training)
+    with pytest.raises(AssertionError, match="trained again"):
+        seeds.ensure_seed(C.load_config(None, ["seed=3"]), parent, 3, logged.append)
+    assert logged[0] == f"{parent / 'seed-3'}: failed: interrupted but no checkpoint; starting it again"

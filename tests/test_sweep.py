@@ -91,14 +91,15 @@ def test_grid_enumerates_exactly_the_grid(tmp_path):
 
 
 def test_median_pruner_prunes_a_clearly_bad_trial(tmp_path):
-    # seed 1 shuffles the grid so lr=0.003 runs first; lr=0 never learns and is pruned after its first epoch
+    # seed 1 shuffles the grid so lr=0.003 runs first; lr=1e-7 hardly learns and is pruned after its first epoch
+    # (lr=0 is refused by the config's range check)
     space = _space(tmp_path, "prune", "strategy: grid\nseed: 1\nprune: {n_startup_trials: 1, n_warmup_steps: 0}\n"
-                   "params:\n  optim.lr: {values: [0.003, 0.0]}\n")
+                   "params:\n  optim.lr: {values: [0.003, 1.0e-7]}\n")
     assert _sweep(tmp_path, space, "train.epochs=3") == 0
     rows = {float(r["optim.lr"]): r for r in _rows(tmp_path / "runs" / "prune")}
     assert rows[0.003]["number"] == "0", "the grid order changed (optuna version?): pick a seed: with lr=0.003 first"
-    assert rows[0.003]["state"] == "COMPLETE" and rows[0.0]["state"] == "PRUNED"
-    metrics = Path(rows[0.0]["run_dir"]) / "metrics.csv"
+    assert rows[0.003]["state"] == "COMPLETE" and rows[1e-7]["state"] == "PRUNED"
+    metrics = Path(rows[1e-7]["run_dir"]) / "metrics.csv"
     assert len(metrics.read_text().strip().splitlines()) == 2         # header + epoch 1: stopped there
 
 
@@ -116,9 +117,9 @@ def _pg_bin() -> Path:
     return Path(found[-1]).parent
 
 
-@pytest.fixture
-def postgres():
-    """Start a throwaway PostgreSQL on 127.0.0.1:<free port>; yield its URL; stop and delete it."""
+def _postgres(password: str | None = None):
+    """Start a throwaway PostgreSQL on 127.0.0.1:<free port>; yield its URL (without the password); stop and delete
+    it. With ``password``, TCP logins need it (scram-sha-256); without, any login is trusted."""
     bindir = _pg_bin()
     # postgres refuses to run as root: run its tools as the postgres OS user, in a folder it owns
     as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -129,12 +130,19 @@ def postgres():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     data = tmp / "data"
+    auth = ["-A", "trust"]
+    if password:
+        (tmp / "pw").write_text(password + "\n")
+        if as_pg:
+            shutil.chown(tmp / "pw", "postgres", "postgres")
+        auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={tmp / 'pw'}"]
 
     def pg(tool: str, *args: str):
-        out = subprocess.run([*as_pg, str(bindir / tool), *args], capture_output=True, text=True, timeout=120)
+        out = subprocess.run([*as_pg, str(bindir / tool), *args], capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PGPASSWORD": password or ""})
         assert out.returncode == 0, f"{tool} failed: {out.stdout}\n{out.stderr}"
 
-    pg("initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
+    pg("initdb", "-D", str(data), "-U", "postgres", *auth, "--no-sync", "-E", "UTF8")
     pg("pg_ctl", "-D", str(data), "-l", str(tmp / "server.log"), "-w", "-t", "60", "start", "-o",
        f"-k {tmp} -p {port} -c listen_addresses=127.0.0.1 -c fsync=off")
     try:
@@ -143,6 +151,19 @@ def postgres():
     finally:
         pg("pg_ctl", "-D", str(data), "-m", "immediate", "-w", "stop")
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres():
+    yield from _postgres()
+
+
+PG_PASSWORD = "Sup3r-s3cret-pw"
+
+
+@pytest.fixture
+def postgres_pw():
+    yield from _postgres(PG_PASSWORD)
 
 
 # `visionlab sweep ARGS` through cli.main (its error handling and exit codes), whether or not MODES lists it yet
@@ -178,3 +199,45 @@ def test_two_workers_share_one_postgresql_study(tmp_path, postgres):
     study = optuna.load_study(study_name="shared", storage=postgres)
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     assert len(finished) == 6
+
+
+def test_storage_password_is_masked_and_can_come_from_the_environment(tmp_path, postgres_pw):
+    with_pw = postgres_pw.replace("postgres@", f"postgres:{PG_PASSWORD}@")
+    space = _space(tmp_path, "secret", "strategy: grid\nprune: false\nparams:\n  optim.lr: {values: [0.003]}\n")
+    args = [str(_config(tmp_path)), space, *TINY, "train.epochs=1", f"out_dir={tmp_path / 'runs'}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "VISIONLAB_STORAGE")}
+    env["VISIONLAB_DATA"] = str(DATA)
+
+    def sweep(*extra: str, **more_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(_sweep_cmd(*args, *extra), capture_output=True, text=True, env={**env, **more_env},
+                              timeout=300)
+
+    typed = sweep(f"storage={with_pw}")          # the password typed on the command line: used, never shown
+    assert typed.returncode == 0, typed.stderr
+    assert PG_PASSWORD not in typed.stdout + typed.stderr and "postgres:***@127.0.0.1" in typed.stderr
+    sweep_dir = tmp_path / "runs" / "secret"
+    argv = json.loads((sweep_dir / "trial-0" / "env.json").read_text())["argv"]
+    assert f"storage={with_pw.replace(PG_PASSWORD, '***')}" in argv
+    written = [p for p in sweep_dir.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl", ".md", ".html",
+                                                                               ".csv", ".yaml")]
+    assert sweep_dir / "sweep.md" in written
+    assert not [p for p in written if PG_PASSWORD in p.read_text()]
+
+    # the server really wants the password: none fails; PGPASSWORD or a whole VISIONLAB_STORAGE URL supply it
+    refused = sweep(f"storage={postgres_pw}")
+    assert refused.returncode == 1 and "cannot open the study database" in refused.stderr
+    for extra, more_env in (([f"storage={postgres_pw}"], {"PGPASSWORD": PG_PASSWORD}),
+                            ([], {"VISIONLAB_STORAGE": with_pw})):
+        r = sweep(*extra, **more_env)
+        assert r.returncode == 0, r.stderr
+        assert PG_PASSWORD not in r.stdout + r.stderr and "1 in the study" in r.stderr    # the same study
+
+
+def test_storage_from_visionlab_storage_variable(tmp_path, monkeypatch):
+    db = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("VISIONLAB_STORAGE", f"sqlite:///{db}")
+    space = _space(tmp_path, "envdb", "strategy: grid\nprune: false\nparams:\n  optim.lr: {values: [0.003]}\n")
+    assert _sweep(tmp_path, space, "train.epochs=1") == 0
+    assert db.is_file() and not (tmp_path / "runs" / "envdb" / "sweep.db").exists()
+    import optuna
+    assert len(optuna.load_study(study_name="envdb", storage=f"sqlite:///{db}").trials) == 1

@@ -6,7 +6,8 @@ import sys
 from .utils import ConfigError, UserError
 
 USAGE = ("usage: visionlab sweep CONFIG.yaml SPACE.yaml [trials=N] [timeout=SECONDS] [storage=URL] [worker=true] "
-         "[confirm=K n=5] [key=value ...]")
+         "[confirm=K n=5] [key=value ...]\n(storage= defaults to $VISIONLAB_STORAGE, else RUNS/<name>/sweep.db; keep a "
+         "PostgreSQL password off the command line with PGPASSWORD or ~/.pgpass)")
 MODE_OPTIONS = ("trials", "timeout", "storage", "worker", "confirm", "n")
 
 

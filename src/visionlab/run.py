@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,10 +18,12 @@ from .data.loaders import build_loader
 from .engine import (FitContext, build_optimizer, build_scheduler, evaluate as run_eval, fit, load_checkpoint,
                      resolve_precision, restore)
 from .engine import distributed
-from .engine.rundir import latest_run_dir, new_run_dir, versions, write_env
+from .engine import lock as run_lock
+from .engine.rundir import (append_resume, check_name, latest_run_dir, new_run_dir, versions, write_env,
+                            write_status)
 from .models import count_params, flops_per_image
 from .tasks import TASKS
-from .utils import UserError, atomic_write_text, resolve_device, seed_everything, write_json
+from .utils import ConfigError, UserError, atomic_write_text, resolve_device, seed_everything, write_json
 
 
 @dataclass
@@ -39,56 +42,58 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
 
     ``on_epoch_end``: callables cb(state, row) run after each epoch (e.g. a sweep's pruner); one may raise to stop.
     The human report (L4, experiments/report.py) is written by the public ``visionlab.train``, not here."""
+    asked = _asked_keys(cfg, overrides)
     cfg = _as_config(cfg, overrides)
+    check_name(cfg.name or "default")
     resume_dir = _resume_dir(cfg)
-    if resume_dir is not None:
-        cfg = C.load_config(resume_dir / "config.yaml")
+    changes = {}
+    if resume_dir is not None:                 # the run's own config, with the overrides that are safe on resume
+        cfg, changes = _resume_config(resume_dir, cfg, asked)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     dist, device = distributed.setup(resolve_device(cfg.train.device))
     precision = resolve_precision(cfg.train.precision, device)
-    run_dir = distributed.broadcast(_open_run_dir(cfg, resume_dir) if dist.main else None, dist)
-    if dist.main:
-        write_env(run_dir, device, precision)
-    seed_everything(cfg.seed)
+    run_dir, lock = _open_run_dir(cfg, resume_dir) if dist.main else (None, None)
+    run_dir = distributed.broadcast(run_dir, dist)
+    with _run_status(run_dir, lock):
+        if dist.main and resume_dir is None:
+            write_env(run_dir, device, precision)
+        seed_everything(cfg.seed)
 
-    splits = build_splits(cfg.data)
-    if cfg.data.bootstrap:                      # a bagging member: n draws with replacement from the train split
-        splits.train = bootstrap(splits.train, cfg.seed)
-    if dist.main:
-        _write_data_reports(splits, run_dir)
-    info = splits.info()
-    gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * dist.rank)   # augmentation; saved in checkpoints
-    task = TASKS.get(cfg.task)(cfg, info, gen)
-    info = getattr(task, "info", info)          # a pretrained backbone brings its own mean/std
-    task.model.to(device)
-    if cfg.train.channels_last:
-        task.model.to(memory_format=torch.channels_last)
-    train_loader = build_loader(splits.train, cfg.train.batch_size, True, cfg.seed, info.preprocess,
-                                cfg.data.num_workers, dist.rank, dist.world)
-    val_loader = _eval_loader(splits.val, cfg, info)
-    optimizer = build_optimizer(task.param_groups(cfg.optim), cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, len(train_loader))
-    ctx = FitContext(optimizer, scheduler, cfg.train, run_dir, device, precision, _sidecar(cfg, info),
-                     {"augment": gen}, ema=_build_ema(task.model, cfg.train.ema_decay),
-                     scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None,
-                     on_epoch_end=list(on_epoch_end or []), dist=dist)
-    state = None
-    if resume_dir is not None:
-        ckpt = load_checkpoint(run_dir / "checkpoints" / "last.safetensors", with_train_state=True)
-        task.model.load_state_dict(ckpt["weights"])
-        state = restore(task, ctx, ckpt["train_state"])
+        splits = build_splits(cfg.data)
+        if cfg.data.bootstrap:                  # a bagging member: n draws with replacement from the train split
+            splits.train = bootstrap(splits.train, cfg.seed)
         if dist.main:
-            print(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch}", flush=True)
-    task.model = distributed.wrap(task.model, dist, device)
-    state = fit(task, train_loader, val_loader, ctx, state)
-    task.model = distributed.unwrap(task.model)
-    if not dist.main:           # rank 0 evaluates and writes the summary
-        distributed.cleanup(dist)
-        return RunResult(run_dir, {})
+            _write_data_reports(splits, run_dir)
+        info = splits.info()
+        gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * dist.rank)   # augmentation; saved in checkpoints
+        task = TASKS.get(cfg.task)(cfg, info, gen)
+        info = getattr(task, "info", info)      # a pretrained backbone brings its own mean/std
+        task.model.to(device)
+        if cfg.train.channels_last:
+            task.model.to(memory_format=torch.channels_last)
+        train_loader = build_loader(splits.train, cfg.train.batch_size, True, cfg.seed, info.preprocess,
+                                    cfg.data.num_workers, dist.rank, dist.world)
+        val_loader = _eval_loader(splits.val, cfg, info)
+        optimizer = build_optimizer(task.param_groups(cfg.optim), cfg.optim)
+        scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, len(train_loader))
+        ctx = FitContext(optimizer, scheduler, cfg.train, run_dir, device, precision, _sidecar(cfg, info),
+                         {"augment": gen}, ema=_build_ema(task.model, cfg.train.ema_decay),
+                         scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None,
+                         on_epoch_end=list(on_epoch_end or []), dist=dist)
+        state = None
+        if resume_dir is not None:
+            state = _restore(task, ctx, cfg, changes)
+        task.model = distributed.wrap(task.model, dist, device)
+        state = fit(task, train_loader, val_loader, ctx, state)
+        task.model = distributed.unwrap(task.model)
+        if not dist.main:           # rank 0 evaluates and writes the summary
+            distributed.cleanup(dist)
+            return RunResult(run_dir, {})
 
-    summary = _test_summary(task, state, splits, cfg, run_dir, device, precision)
-    write_json(run_dir / "summary.json", summary)
+        summary = _test_summary(task, state, splits, cfg, run_dir, device, precision)
+        write_json(run_dir / "summary.json", summary)
+        write_status(run_dir, "finished")
     distributed.cleanup(dist)
     return RunResult(run_dir, summary)
 
@@ -185,12 +190,75 @@ def _resume_dir(cfg: C.Config) -> Path | None:
         if found is None:
             raise UserError(f"resume=true: no run named {cfg.name or 'default'!r} with a last checkpoint in "
                             f"{cfg.out_dir}/; pass resume=RUN_DIR")
-        return found
+        return found            # may be running: _open_run_dir's lock refuses it with the holder's pid
     path = Path(cfg.resume)
     if not (path / "checkpoints" / "last.safetensors").is_file():
         raise UserError(f"resume={path}: no checkpoints/last.safetensors there; was the run started? "
                         "(start it without resume, or pass the run directory printed by `visionlab train`)")
     return path
+
+
+# Keys a resume may change: how long and how visibly it trains, and where/how the same data is read.
+# Everything else (model, data, optimizer, schedule shape, seed) would make the run a different run.
+SAFE_ON_RESUME = ("train.epochs", "train.early_stop", "train.threads", "train.progress", "train.tensorboard",
+                  "train.checkpoint_every", "data.num_workers", "data.root", "data.cache_dir")
+RESUME_LOOKUP = ("resume", "name", "out_dir")       # only find the run to resume
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + str(k): v})
+    return out
+
+
+def _asked_keys(cfg, overrides) -> set[str] | None:
+    """The config keys the caller chose (None: all of them, for a Config object); the embedded default job's
+    values are not a choice, so ``train resume=RUN`` alone changes nothing."""
+    if isinstance(cfg, C.Config):
+        return None
+    keys = set(_flat(C.parse_overrides(list(overrides or []))))
+    if isinstance(cfg, dict):
+        keys |= set(_flat(cfg))
+    elif cfg is not None:
+        raw = C.read_yaml(cfg, "config file not found: {path} (see configs/ for examples)")
+        keys |= set(_flat(raw)) if isinstance(raw, dict) else set()
+    return keys
+
+
+def _resume_config(resume_dir: Path, cfg: C.Config, asked: set[str] | None) -> tuple[C.Config, dict]:
+    """The run's saved config with the asked changes that are safe on resume, and {key: [old, new]};
+    ConfigError (exit 2) naming every other key that differs."""
+    saved = C.to_dict(C.load_config(resume_dir / "config.yaml"))
+    old, new = _flat(saved), _flat(C.to_dict(cfg))
+    keys = sorted(k for k in (new if asked is None else asked)
+                  if k not in RESUME_LOOKUP and k in new and old.get(k) != new[k])
+    unsafe = [k for k in keys if k not in SAFE_ON_RESUME]
+    if unsafe:
+        shown = ", ".join(f"{k} ({old.get(k)!r} in the run, {new[k]!r} asked)" for k in unsafe)
+        raise ConfigError(f"resume={resume_dir}: cannot change {shown} when resuming; a resume may change only "
+                          f"{', '.join(SAFE_ON_RESUME)}. Drop those overrides, or start a new run without resume=")
+    for k in keys:
+        C.set_key(saved, k, new[k])
+    return C.from_dict(saved), {k: [old.get(k), new[k]] for k in keys}
+
+
+def _restore(task, ctx: FitContext, cfg: C.Config, changes: dict):
+    """Load the last checkpoint into the task and loop; on rank 0 record the resume (config.yaml, resumes.jsonl)."""
+    run_dir = ctx.run_dir
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.safetensors", with_train_state=True)
+    task.model.load_state_dict(ckpt["weights"])
+    state = restore(task, ctx, ckpt["train_state"])
+    if "train.early_stop" in changes:         # a new patience decides afresh whether the run had stopped early
+        state.finished = bool(cfg.train.early_stop) and state.bad_epochs >= cfg.train.early_stop
+    if ctx.dist.main:
+        if changes:                           # the run folder keeps describing what was trained
+            atomic_write_text(run_dir / "config.yaml", C.dump_yaml(cfg))
+        append_resume(run_dir, {"epoch": state.epoch, "batch": state.batch, "overrides": changes,
+                                "device": str(ctx.device), "precision": ctx.precision})
+        shown = "".join(f", {k}: {a} -> {b}" for k, (a, b) in changes.items())
+        print(f"resuming {run_dir} at epoch {state.epoch + 1}, batch {state.batch}{shown}", flush=True)
+    return state
 
 
 def _test_summary(task, state, splits, cfg: C.Config, run_dir: Path, device, precision: str) -> dict:
@@ -214,13 +282,35 @@ def _test_summary(task, state, splits, cfg: C.Config, run_dir: Path, device, pre
     return summary
 
 
-def _open_run_dir(cfg: C.Config, resume_dir: Path | None) -> Path:
-    """The resumed run's folder, or a fresh one with the resolved config written before anything can fail."""
+def _open_run_dir(cfg: C.Config, resume_dir: Path | None) -> tuple[Path, run_lock.RunLock]:
+    """The resumed run's folder, or a fresh one with the resolved config written before anything can fail;
+    locked for this process (UserError naming the holder's pid when another one runs it)."""
     if resume_dir is not None:
-        return resume_dir
+        return resume_dir, run_lock.acquire(resume_dir)
     run_dir = new_run_dir(cfg.out_dir, cfg.name or "default")
+    lock = run_lock.acquire(run_dir)
     atomic_write_text(run_dir / "config.yaml", C.dump_yaml(cfg))
-    return run_dir
+    return run_dir, lock
+
+
+@contextmanager
+def _run_status(run_dir: Path | None, lock: run_lock.RunLock | None):
+    """status.json running for the body, failed with the reason when it raises; the lock is released at the end.
+    Only rank 0 (the one holding the lock) writes."""
+    if lock is None:
+        yield
+        return
+    try:
+        write_status(run_dir, "running")
+        yield
+    except KeyboardInterrupt:
+        write_status(run_dir, "failed", "interrupted")
+        raise
+    except BaseException as e:
+        write_status(run_dir, "failed", str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        lock.release()
 
 
 def _sidecar(cfg: C.Config, info: DataInfo) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 from visionlab import config as C
+from visionlab.engine.rundir import check_name
 from visionlab.experiments import seeds as S
 from visionlab.experiments import stats
 from visionlab.experiments.report import render_html, render_markdown
@@ -78,6 +79,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, n: int | Non
         raise ConfigError(f"n={spec.n}: need at least one seed per variant (n>=2 for confidence intervals)")
     base, _ = S.experiment_config(str(spec.config), shared)
     spec.name = base.name if any(o.split("=", 1)[0].strip() == "name" for o in shared) else spec.name
+    check_name(spec.name)                   # <out_dir>/<name>: never outside out_dir
     spec.parent = Path(base.out_dir) / spec.name
     for v, over in spec.variants.items():
         spec.configs[v], _ = S.experiment_config(str(spec.config), shared + over)
@@ -117,7 +119,9 @@ def analyze(parent: Path, meta: dict) -> dict:
     for v, over in meta["variant_overrides"].items():
         records, values[v] = _values(parent, v, metric, n)
         variants[v] = {"overrides": over, "seeds": {str(s): x for s, x in values[v].items()}, "runs": records,
-                       "stats": stats.describe(list(values[v].values()))}
+                       "stats": stats.describe(list(values[v].values())),
+                       "failed": {str(k): why for k, why in
+                                  S.failures(parent / v, list(range(n)) if n else None).items()}}
     if not values[base]:
         raise UserError(f"{parent / base}: the baseline has no finished seed yet; run `visionlab compare` first")
     comparisons = {v: stats.compare_to_baseline(values[base], values[v]) for v in variants if v != base}
@@ -167,6 +171,8 @@ def compare_sections(data: dict, image: str | None) -> tuple[str, list]:
     sections.append(("Per seed", [("table", ["seed", *data["variants"]], per_seed)]))
     setup = [("config", str(data.get("config"))), ("shared overrides", " ".join(data.get("overrides") or []) or "none")]
     setup += [(f"variant {v}", " ".join(o) or "(base config)") for v, o in data["variant_overrides"].items()]
+    setup += [(f"{v}/seed-{k} (left out)", why) for v, info in data["variants"].items()
+              for k, why in (info.get("failed") or {}).items()]
     sections.append(("Setup", [("list", setup)]))
     return f"Comparison: {data['name']} (n={data.get('n')} seeds per variant)", sections
 

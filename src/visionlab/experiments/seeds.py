@@ -12,6 +12,8 @@ from pathlib import Path
 import yaml
 
 from visionlab import config as C
+from visionlab.engine.lock import check_free
+from visionlab.engine.rundir import check_name, read_status
 from visionlab.experiments import plots, stats
 from visionlab.experiments.report import render_html, render_markdown
 from visionlab.experiments.training import train_and_report
@@ -29,8 +31,9 @@ IGNORED_KEYS = {"name", "out_dir", "seed", "resume", "train.progress", "train.te
 # ---------------------------------------------------------------- running
 
 def seed_dir_state(run_dir: Path) -> str:
-    """'finished' (summary.json), 'interrupted' (a last checkpoint), 'stale' (started, no checkpoint) or 'new'."""
-    if (run_dir / "summary.json").is_file():
+    """'finished' (summary.json, and status.json, when there is one, says so), 'interrupted' (a last checkpoint),
+    'stale' (started, no checkpoint) or 'new'. A failed or running run is interrupted or stale by its checkpoint."""
+    if (run_dir / "summary.json").is_file() and (read_status(run_dir) or {}).get("status", "finished") == "finished":
         return "finished"
     if (run_dir / "checkpoints" / "last.safetensors").is_file():
         return "interrupted"
@@ -65,16 +68,21 @@ def ensure_seed(cfg: C.Config, parent: Path, seed: int, log=None) -> str:
     """Make sure ``parent/seed-<seed>`` holds a finished run of ``cfg`` with that seed; returns what was done."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     run_dir = parent / f"seed-{seed}"
+    if run_dir.exists():
+        check_free(run_dir)         # another process trains it: never delete, resume or count it under its feet
     state = seed_dir_state(run_dir)
     if state in ("finished", "interrupted"):
         check_same_config(run_dir, cfg)
     if state == "finished":
         log(f"{run_dir}: finished, skipped")
         return "skipped"
+    failed = _failure(run_dir)
     if state == "stale":
         # killed before its first checkpoint: nothing to resume, and train() would not reuse the name (-2)
-        log(f"{run_dir}: started but no checkpoint; starting it again")
+        log(f"{run_dir}: {failed or 'started'} but no checkpoint; starting it again")
         shutil.rmtree(run_dir)
+    elif state == "interrupted" and failed:
+        log(f"{run_dir}: {failed}")
     seed_cfg = copy.deepcopy(cfg)
     seed_cfg.out_dir, seed_cfg.name, seed_cfg.seed = str(parent), run_dir.name, seed
     seed_cfg.resume = str(run_dir) if state == "interrupted" else ""
@@ -93,7 +101,7 @@ def experiment_config(cfg_path: str | None, overrides: list[str]) -> tuple[C.Con
             raise UserError(f"{key}= is set per seed by this mode (seed-k gets seed=k, interrupted seeds resume "
                             f"by themselves); drop {item!r} and use n=N for the number of seeds")
     cfg = C.load_config(cfg_path, overrides)
-    return cfg, Path(cfg.out_dir) / (cfg.name or "default")
+    return cfg, Path(cfg.out_dir) / check_name(cfg.name or "default")
 
 
 def run_seeds(cfg_path: str | None, overrides: list[str], n: int, log=None) -> Path:
@@ -128,14 +136,30 @@ def read_seed_record(run_dir: Path) -> dict:
     return rec
 
 
-def collect(parent: Path, seeds: list[int] | None = None) -> list[dict]:
-    """Records of the finished seed-<k> runs in ``parent`` (only ``seeds`` when given), sorted by seed."""
-    out = []
+def _failure(run_dir: Path) -> str | None:
+    """'failed: <reason>' when the run's status.json says it failed (or it was killed), else None."""
+    st = read_status(run_dir) or {}
+    return f"failed: {st.get('reason') or 'no reason recorded'}" if st.get("status") == "failed" else None
+
+
+def _seed_dirs(parent: Path, seeds: list[int] | None):
     for d in sorted(parent.glob("seed-*")):
         m = SEED_DIR.match(d.name)
-        if m and (seeds is None or int(m.group(1)) in seeds) and (d / "summary.json").is_file():
-            out.append(read_seed_record(d))
+        if m and d.is_dir() and (seeds is None or int(m.group(1)) in seeds):
+            yield int(m.group(1)), d
+
+
+def collect(parent: Path, seeds: list[int] | None = None) -> list[dict]:
+    """Records of the finished seed-<k> runs in ``parent`` (only ``seeds`` when given), sorted by seed.
+    Failed runs (status.json) are left out: failures() explains them."""
+    out = [read_seed_record(d) for _, d in _seed_dirs(parent, seeds) if seed_dir_state(d) == "finished"]
     return sorted(out, key=lambda r: r["seed"])
+
+
+def failures(parent: Path, seeds: list[int] | None = None) -> dict[int, str]:
+    """{seed: 'failed: reason'} for the seed-<k> runs whose status.json says they failed."""
+    found = {k: _failure(d) for k, d in _seed_dirs(parent, seeds)}
+    return {k: why for k, why in found.items() if why}
 
 
 def summarize(records: list[dict]) -> dict:
@@ -205,6 +229,8 @@ def seeds_sections(data: dict, image: str | None) -> tuple[str, list]:
     src = [("config", data.get("config") or "(the embedded default job)"), ("overrides", " ".join(data.get("overrides") or []) or "none")]
     if missing:
         src.append(("unfinished seeds", ", ".join(map(str, missing))))
+    for k, why in sorted((data.get("failed") or {}).items(), key=lambda kv: int(kv[0])):
+        src.append((f"seed {k} (left out)", why))
     sections.append(("Setup", [("list", src)]))
     return f"Seeds: {data['name']} (n={len(recs)})", sections
 
@@ -215,7 +241,8 @@ def write_seeds(parent: Path, meta: dict) -> Path:
     records = collect(parent, list(range(n)) if n else None)
     if not records:
         raise UserError(f"{parent}: no finished seed-<k>/summary.json yet; run `visionlab seeds CONFIG n=5` first")
-    data = {**meta, "name": meta.get("name") or parent.name, "seeds": records, "stats": summarize(records)}
+    data = {**meta, "name": meta.get("name") or parent.name, "seeds": records, "stats": summarize(records),
+            "failed": {str(k): why for k, why in failures(parent, list(range(n)) if n else None).items()}}
     write_json(parent / "seeds.json", data)
     plot_points([(label + (" (%)" if kind == "pct" else ""), {"seeds": [r.get(k) for r in records]},
                   100.0 if kind == "pct" else 1.0) for k, label, kind in SEED_METRICS[:2]], parent / "seeds.png")

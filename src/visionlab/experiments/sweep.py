@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from visionlab import config as C
+from visionlab.engine.rundir import mask_secrets
 from visionlab.experiments import sweep_space as S
 from visionlab.experiments.training import train_and_report
 from visionlab.utils import ConfigError, UserError
@@ -50,8 +51,16 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def storage_url(storage: str | None, sweep_dir: Path) -> str:
+    """storage=URL, else $VISIONLAB_STORAGE (a whole URL, kept off the command line), else sweep.db in the folder.
+
+    A PostgreSQL password can also stay out of the URL: libpq reads PGPASSWORD (or ~/.pgpass)."""
+    return storage or os.environ.get("VISIONLAB_STORAGE") or f"sqlite:///{sweep_dir / 'sweep.db'}"
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """An optuna RDB storage with heartbeats, so trials of a killed worker turn FAIL and their budget frees up."""
+    """An optuna RDB storage with heartbeats, so trials of a killed worker turn FAIL and their budget frees up.
+    Messages show the URL with its password masked."""
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)   # heartbeats are stable enough
     if url.startswith(("postgresql://", "postgres://")):
         # name the driver we depend on (psycopg 3): SQLAlchemy's default for plain postgresql:// changed in 2.1
@@ -66,12 +75,13 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                     raise
                 time.sleep(0.5 + random.random())
     except ImportError as e:
-        raise UserError(f"storage={url}: the database driver is missing ({e}); install it with "
+        raise UserError(f"storage={mask_secrets(url)}: the database driver is missing ({e}); install it with "
                         "`pip install 'psycopg[binary]'` (or `pip install -e .[search]`)") from None
     except Exception as e:       # sqlalchemy's connection and URL errors
         if type(e).__module__.startswith(("sqlalchemy", "psycopg")) or isinstance(e, ValueError):
-            raise UserError(f"storage={url}: cannot open the study database ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0]}); check the URL and that the server is running") from None
+            first = mask_secrets(str(e).splitlines()[0] if str(e) else "")
+            raise UserError(f"storage={mask_secrets(url)}: cannot open the study database ({type(e).__name__}: "
+                            f"{first}); check the URL and that the server is running") from None
         raise
 
 
@@ -177,7 +187,7 @@ def open_study(space: S.Space, storage: str, identity: str, worker: bool) -> opt
                                 sampler=S.build_sampler(space, seed), pruner=S.build_pruner(space),
                                 direction=space.direction)
     if study.direction.name.lower() != space.direction:
-        raise UserError(f"study {space.name!r} in {storage} was created with direction "
+        raise UserError(f"study {space.name!r} in {mask_secrets(storage)} was created with direction "
                         f"{study.direction.name.lower()}; use that direction or another name:")
     study.set_user_attr("metric", space.metric)
     return study
@@ -188,8 +198,9 @@ def run_sweep(config, space_path, overrides: list[str] | None = None, *, trials:
               seeds: int = 5, log=log_stderr) -> SweepResult:
     """Search CONFIG's hyperparameters over SPACE.yaml; trials are real runs in <out_dir>/<name>/trial-<k>/.
 
-    ``storage``: an optuna database URL (default sqlite in the sweep folder); ``worker``: only run trials of the
-    shared study (no report); ``confirm``: rerun the top ``confirm`` configs over ``seeds`` seeds."""
+    ``storage``: an optuna database URL (default $VISIONLAB_STORAGE, else sqlite in the sweep folder; shown with its
+    password masked); ``worker``: only run trials of the shared study (no report); ``confirm``: rerun the top
+    ``confirm`` configs over ``seeds`` seeds."""
     from visionlab.experiments import sweep_report as R
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)     # our own one line per trial instead
@@ -198,12 +209,13 @@ def run_sweep(config, space_path, overrides: list[str] | None = None, *, trials:
     S.check_params(space, base)
     sweep_dir = Path(base["out_dir"]) / space.name
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    storage = storage or f"sqlite:///{sweep_dir / 'sweep.db'}"
+    storage = storage_url(storage, sweep_dir)
     identity = worker_identity()
     study = open_study(space, storage, identity, worker)
     objective = _Objective(space, base, sweep_dir, space.budget(), identity)
     log(f"sweep {space.name}: {space.strategy}, budget {space.budget() or 'none'} trials"
-        f"{f', timeout {space.timeout:g} s' if space.timeout else ''}, {_count(study, *LIVE)} in the study; {storage}")
+        f"{f', timeout {space.timeout:g} s' if space.timeout else ''}, {_count(study, *LIVE)} in the study; "
+        f"{mask_secrets(storage)}")
     ran = run_trials(study, objective, space.timeout, wait=not worker)
     result = SweepResult(sweep_dir, ran)
     if worker:

@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 
 from visionlab import config as C
+from visionlab.engine.rundir import check_name
 from visionlab.utils import ConfigError, closest
 
 STRATEGIES = ("grid", "random", "tpe")
@@ -119,6 +120,13 @@ def _param(path, key: str, spec) -> Param:
     return Param(key, type=typ, low=low, high=high, log=log, step=step)
 
 
+def _name(path, name: str) -> str:
+    try:
+        return check_name(name)        # the sweep folder <out_dir>/<name>: never outside out_dir
+    except ConfigError as e:
+        _fail(path, str(e))
+
+
 def _prune(path, value) -> dict | None:
     if value in (None, False):
         return None
@@ -143,7 +151,7 @@ def load_space(path: str | Path, trials: int | None = None, timeout: float | Non
     params = raw.get("params") or {}
     if not isinstance(params, dict) or not params:
         _fail(path, "params: give at least one config key to search, e.g. params: {optim.lr: {values: [0.01, 0.1]}}")
-    space = Space(name=str(raw.get("name") or path.stem), strategy=strategy,
+    space = Space(name=_name(path, str(raw.get("name") or path.stem)), strategy=strategy,
                   params=[_param(path, str(k), v) for k, v in params.items()],
                   trials=trials if trials is not None else raw.get("trials"),
                   timeout=timeout if timeout is not None else raw.get("timeout"), seed=int(raw.get("seed", 0)),
