@@ -1,5 +1,6 @@
 """The web app over HTTP (gradio_client): same probabilities as visionlab.predict, bad uploads answered with a message
-while the server stays up, the upload limit, recycling cards, downloads, the webcam handler, the guide lookup."""
+while the server stays up, the upload limit, recycling cards, downloads, the webcam handler, the guide lookup and its
+schema. Hostile input (bombs, manifests pointing outside, formula file names, leftovers): test_app_security.py."""
 from __future__ import annotations
 
 import csv
@@ -55,6 +56,16 @@ def classify(client, path, model=None):
 
     label, shown, card, status, files = client.predict(handle_file(str(path)), model, api_name="/classify")
     return {"label": label, "image": shown, "card": card, "status": status, "files": files}
+
+
+def data_url_image(html: str) -> np.ndarray:
+    """The picture of the first <img src="data:image/...;base64,..."> in an HTML string."""
+    import base64
+    import io
+    import re
+
+    data = re.search(r'src="data:image/[a-z]+;base64,([A-Za-z0-9+/=]+)"', html).group(1)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))))
 
 
 def test_safe_defaults(served):
@@ -157,10 +168,12 @@ def test_webcam_frame(trashnet_run, data_dir, tmp_path):
 
     run = api.load_run(trashnet_run)
     frame = np.asarray(Image.open(data_dir / "trashnet" / "plastic" / "plastic11.jpg").convert("RGB"))
-    shown, label = make_frame_fn([AppRun("trash", run)])(frame, None)
+    html, label = make_frame_fn([AppRun("trash", run)])(frame, None)
     Image.fromarray(frame).save(tmp_path / "frame.png")
     want = api.predict(run, [tmp_path / "frame.png"], topk=5)[0]
-    assert label == dict(want) and shown.shape == frame.shape
+    assert label == dict(want)
+    shown = data_url_image(html)                 # the annotated frame travels inline, as a JPEG data URL
+    assert shown.shape == frame.shape
     assert shown[-8:, 2:10].mean() < frame[-8:, 2:10].mean()
 
 
@@ -207,13 +220,42 @@ def test_guide_lookup(tmp_path):
 
 
 def test_trashnet_guide_is_complete():
-    from visionlab.app.guide import load_guide
+    from visionlab.app.guide import card_markdown, load_guide
 
     guide = load_guide(GUIDE)
     assert sorted(guide["classes"]) == CLASSES
-    for card in guide["classes"].values():
+    for cls, card in guide["classes"].items():
         assert card["bin"] and card["summary"]
         assert all(len(card[k]) >= 2 for k in ("accepted", "prepare", "not_accepted"))
+        assert all(isinstance(item, str) for k in ("accepted", "prepare", "not_accepted") for item in card[k])
+        assert "{'" not in card_markdown(guide, cls)                   # no list item shown as a dict
+    assert "- Keep it dry; wet cardboard loses its fibre value" in card_markdown(guide, "cardboard")
+
+
+def test_guide_list_item_with_colon_is_refused(tmp_path):
+    from visionlab.app.guide import load_guide
+
+    bad = tmp_path / "waste_guide.yaml"
+    bad.write_text("classes:\n  cardboard:\n    prepare:\n      - Flatten boxes\n"
+                   "      - Keep it dry: wet cardboard loses its fibre value\n")
+    with pytest.raises(UserError, match=r"waste_guide.yaml: class 'cardboard', prepare item 2 is not text but "
+                                        r"\{'Keep it dry': 'wet cardboard loses its fibre value'\}.*quote the item"):
+        load_guide(bad)
+    bad.write_text("classes:\n  cardboard:\n    prepare: Flatten boxes\n")
+    with pytest.raises(UserError, match="prepare must be a list of text items"):
+        load_guide(bad)
+    quoted = "Keep it dry: wet cardboard loses its fibre value"
+    bad.write_text(f'classes:\n  cardboard:\n    prepare:\n      - "{quoted}"\n')
+    assert load_guide(bad)["classes"]["cardboard"]["prepare"] == [quoted]
+
+
+def test_header_names_the_guide_file_only(served):
+    from visionlab.app.main import header_markdown
+
+    header = header_markdown(served.runs)
+    assert "guide `trashnet_guide.yaml`" in header and str(GUIDE.parent) not in header
+    page = httpx.get(served.url + "config", timeout=30).text
+    assert "trashnet_guide.yaml" in page and str(GUIDE) not in page        # the server's path is not shown
 
 
 def test_cli_options():

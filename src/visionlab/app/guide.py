@@ -65,14 +65,33 @@ def load_guide(path: str | Path) -> dict:
         raise UserError(f"{path}: a guide needs a 'classes:' mapping of class name -> card "
                         f"(keys: {', '.join(CARD_KEYS)}); see configs/trashnet_guide.yaml")
     for cls, card in classes.items():
-        if not isinstance(card, dict):
-            raise UserError(f"{path}: the card of class {cls!r} must be a mapping with keys {', '.join(CARD_KEYS)}")
-        unknown = sorted(set(card) - set(CARD_KEYS))
-        if unknown:
-            raise UserError(f"{path}: class {cls!r} has unknown key(s) {', '.join(unknown)}; "
-                            f"valid: {', '.join(CARD_KEYS)}")
+        _check_card(path, cls, card)
     return {"title": str(data.get("title") or "Guide"), "note": str(data.get("note") or ""),
-            "classes": {str(k): v for k, v in classes.items()}, "path": str(path)}
+            "classes": {str(k): v for k, v in classes.items()}, "path": str(path), "name": path.name}
+
+
+def _check_card(path: Path, cls, card) -> None:
+    """A card is a mapping of CARD_KEYS: summary and bin are text, the sections lists of text items (a list item
+    ``- Keep it dry: ...`` is a YAML mapping, shown as ``{'Keep it dry': ...}`` if let through)."""
+    if not isinstance(card, dict):
+        raise UserError(f"{path}: the card of class {cls!r} must be a mapping with keys {', '.join(CARD_KEYS)}")
+    unknown = sorted(set(card) - set(CARD_KEYS))
+    if unknown:
+        raise UserError(f"{path}: class {cls!r} has unknown key(s) {', '.join(unknown)}; "
+                        f"valid: {', '.join(CARD_KEYS)}")
+    for key in ("summary", "bin"):
+        if isinstance(card.get(key), (dict, list)):
+            raise UserError(f"{path}: class {cls!r}: {key} must be text, got {card[key]!r}")
+    for key in SECTION_TITLES:
+        items = card.get(key)
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise UserError(f"{path}: class {cls!r}: {key} must be a list of text items ('- ...'), got {items!r}")
+        for i, item in enumerate(items, 1):
+            if not isinstance(item, str):
+                raise UserError(f"{path}: class {cls!r}, {key} item {i} is not text but {item!r} (YAML reads "
+                                "'a: b' as a mapping); quote the item or use another punctuation than ': '")
 
 
 def missing_classes(guide: dict | None, classes: list[str]) -> list[str]:

@@ -1,5 +1,5 @@
-"""What the tabs share: the loaded runs, classification through run.predict (the evaluation's own decoding), the top
-class drawn on an image, and the prediction files offered for download."""
+"""What the tabs share: the loaded runs and their contained examples, classification of an upload decoded once
+(upload.py) through run.predict, the top class drawn on an image, and the prediction files offered for download."""
 from __future__ import annotations
 
 import csv
@@ -16,13 +16,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..config import data_root
-from ..data.decode import try_load
+from ..data.decode import IMAGE_EXTS, to_rgb_or_l
 from ..run import LoadedRun, load_run, predict
 from .guide import find_guide, load_guide
+from .upload import model_input, open_upload
 
 DISPLAY_MAX = 768           # longest side of the image shown back; the model sees its own preprocessing, not this
-NATIVE = {"image_size": 0, "pad_square": False, "grayscale": False}
 KEEP_DOWNLOADS_S = 3600     # prediction files older than this are deleted (they are offered, not archived)
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")     # a spreadsheet cell starting so is a formula
 
 
 @dataclass
@@ -56,8 +57,19 @@ def _train_cwd(run_dir: Path) -> Path | None:
     return Path(cwd) if cwd else None
 
 
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, symlinks followed, lies inside ``root`` (also resolved)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):         # a symlink loop, an unreadable folder
+        return False
+
+
 def example_files(run: LoadedRun, per_class: int = 1, limit: int = 12) -> list[str]:
-    """Files of the run's own test split (split_manifest.csv of a folder dataset), ``per_class`` per class."""
+    """Files of the run's own test split (split_manifest.csv of a folder dataset), ``per_class`` per class.
+
+    Run folders are shared, so the manifest is untrusted: a row is used only when it names an image file whose
+    resolved path (symlinks followed) lies inside the resolved data root; these files become Gradio's allowed_paths."""
     manifest = run.run_dir / "split_manifest.csv"
     if not manifest.is_file():
         return []
@@ -65,11 +77,12 @@ def example_files(run: LoadedRun, per_class: int = 1, limit: int = 12) -> list[s
     if not root.is_absolute() and _train_cwd(run.run_dir) is not None:
         root = _train_cwd(run.run_dir) / root          # a relative data root is relative to where training ran
     with manifest.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("split") == "test"]
+        rows = [r for r in csv.DictReader(f) if r.get("split") == "test" and r.get("file")]
     picked, seen = [], {}
     for r in rows:
         path = root / r["file"]
-        if seen.get(r["label"], 0) < per_class and path.is_file():
+        if seen.get(r["label"], 0) < per_class and path.suffix.lower() in IMAGE_EXTS and _inside(path, root) \
+                and path.is_file():
             seen[r["label"]] = seen.get(r["label"], 0) + 1
             picked.append(str(path.resolve()))
     return picked[:limit]
@@ -94,28 +107,30 @@ def load_app_runs(run_dirs: list[str | Path], guide: str | Path | None = None) -
     return out
 
 
+def classify_image(app_run: AppRun, im: Image.Image, topk: int = 10) -> list[tuple[str, float]]:
+    """Top-k (class, probability) of a decoded image, preprocessed as the run's data (the same numbers as
+    visionlab.predict gives for the file)."""
+    return predict(app_run.run, [model_input(im, app_run.run.info.preprocess)], topk=topk)[0]
+
+
 def classify_file(app_run: AppRun, path: str | Path, topk: int = 10) -> list[tuple[str, float]]:
-    """Top-k (class, probability) of one file, decoded exactly as visionlab.predict / evaluation decode it.
-    Raises UserError with the reason for an empty, truncated or non-image file."""
-    return predict(app_run.run, [str(path)], topk=topk)[0]
+    """Top-k of one file, decoded once (open_upload). Raises UserError with the reason for an empty, truncated,
+    non-image or too large file."""
+    return classify_image(app_run, open_upload(path), topk)
 
 
 def classify_frame(app_run: AppRun, rgb: np.ndarray, topk: int = 10) -> list[tuple[str, float]]:
-    """Top-k of a decoded RGB frame: saved losslessly (BMP) and read back through the same decoding as files, so a
-    frame and the same picture uploaded as PNG get identical probabilities."""
-    with tempfile.NamedTemporaryFile(suffix=".bmp") as f:
-        Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(f, format="BMP")
-        f.flush()
-        return classify_file(app_run, f.name, topk)
+    """Top-k of a decoded RGB frame, in memory (nothing written): the same preprocessing as a lossless file of it."""
+    return classify_image(app_run, Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)), topk)
 
 
-def display_image(path: str | Path) -> np.ndarray:
-    """The uploaded picture for display: same robust decoding (EXIF turn, transparency on white), shrunk to fit."""
-    arr, reason = try_load(str(path), NATIVE)
-    if arr is None:
-        raise ValueError(reason)
-    im = Image.fromarray(arr)
-    im.thumbnail((DISPLAY_MAX, DISPLAY_MAX))
+def display_image(im: Image.Image) -> np.ndarray:
+    """The decoded upload for display: RGB (transparency on white), shrunk to fit DISPLAY_MAX."""
+    im = to_rgb_or_l(im, False)
+    scale = DISPLAY_MAX / max(im.size)
+    if scale < 1:                           # a new image: the decoded one stays as the model saw it
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BICUBIC,
+                       reducing_gap=2.0)
     return np.asarray(im)
 
 
@@ -142,6 +157,12 @@ def annotate(rgb: np.ndarray, top: list[tuple[str, float]]) -> np.ndarray:
     return np.asarray(im)
 
 
+def csv_cell(text: str) -> str:
+    """A text cell safe to open in a spreadsheet: one starting with = + - @ tab or CR would be read as a formula, so
+    it gets a leading single quote (OWASP's CSV injection rule)."""
+    return "'" + text if text[:1] in FORMULA_START else text
+
+
 def top_dict(top: list[tuple[str, float]]) -> dict[str, float]:
     """gr.Label's value: class -> probability."""
     return {c: float(p) for c, p in top}
@@ -164,7 +185,8 @@ class Downloads:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["file", "model", "rank", "class", "probability"])
-        w.writerows([source, app_run.name, i + 1, c, repr(p)] for i, (c, p) in enumerate(top))
+        w.writerows([csv_cell(source), csv_cell(app_run.name), i + 1, csv_cell(c), repr(p)]
+                    for i, (c, p) in enumerate(top))
         (out / "prediction.csv").write_text(buf.getvalue())
         Image.fromarray(annotated).save(out / "annotated.png")
         return [str(out / n) for n in ("prediction.json", "prediction.csv", "annotated.png")]

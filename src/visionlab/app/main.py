@@ -1,5 +1,6 @@
 """The web app: a Gradio Blocks page (Image, Webcam and Generate tabs) built from one or more run directories, and
-its launch: 127.0.0.1 by default, an upload size limit, no analytics, nothing fetched from the network."""
+its launch: 127.0.0.1 by default, an upload size limit, no analytics, nothing fetched from the network, and no file
+left behind (Gradio's copies of uploads and outputs are deleted after an hour and when the app closes)."""
 from __future__ import annotations
 
 import atexit
@@ -10,18 +11,20 @@ import gradio as gr
 
 from ..utils import UserError
 from .guide import missing_classes
-from .infer import AppRun, Downloads, load_app_runs
+from .infer import KEEP_DOWNLOADS_S, AppRun, Downloads, load_app_runs
 from .tabs.generate import build_generate_tab
 from .tabs.image import build_image_tab
 from .tabs.webcam import build_webcam_tab
 
 QUEUE_MAX = 32              # requests waiting at once; more are refused instead of piling up on a 2-core machine
+CLOSE_WAIT_S = 30           # how long close() waits for the server thread (open connections drain, then the cache)
+DELETE_CACHE = (600, KEEP_DOWNLOADS_S)   # every 10 min Gradio deletes its copies older than an hour; all on close
 
 
 def _describe(r: AppRun) -> str:
     s, cfg = r.summary, r.run.cfg
     acc = f", test acc {s['test/acc']:.3f} on {s.get('test_size', '?')} images" if "test/acc" in s else ""
-    guide = f"guide `{r.guide['path']}`" if r.guide else "no guide (no info cards)"
+    guide = f"guide `{r.guide['name']}`" if r.guide else "no guide (no info cards)"    # not the server's path
     return (f"- **{r.name}**: {cfg.task}, `{cfg.model.name}` on `{cfg.data.name}`, {len(r.run.classes)} classes"
             f"{acc}; {guide}")
 
@@ -33,7 +36,7 @@ def header_markdown(runs: list[AppRun]) -> str:
 
 def build_app(runs: list[AppRun], downloads: Downloads) -> gr.Blocks:
     """The Blocks page for loaded runs. The model picker is shared by the tabs and shown for two or more runs."""
-    with gr.Blocks(title="visionlab", analytics_enabled=False) as demo:
+    with gr.Blocks(title="visionlab", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(header_markdown(runs))
         picker = gr.Dropdown([r.name for r in runs], value=runs[0].name, label="Model",
                              visible=len(runs) > 1, elem_id="model-picker")
@@ -54,7 +57,11 @@ class Served:
     runs: list[AppRun]
 
     def close(self) -> None:
+        """Stop the server; Gradio deletes its cached uploads and outputs (delete_cache), we delete our downloads."""
+        server = self.demo.server
         self.demo.close()
+        if server is not None and getattr(server, "thread", None) is not None:
+            server.thread.join(CLOSE_WAIT_S)     # the cache deletion runs last in the server thread; Gradio waits 5 s
         self.downloads.close()
 
 
@@ -73,7 +80,7 @@ def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 7860,
     atexit.register(downloads.close)
     demo = build_app(runs, downloads)
     demo.queue(max_size=QUEUE_MAX)
-    allowed = [p for r in runs for p in r.examples]        # exactly the example files, not their folders
+    allowed = [p for r in runs for p in r.examples]        # exactly the example files (inside the data root)
     try:
         demo.launch(server_name=host, server_port=port, share=share, max_file_size=int(max_upload_mb * 2**20),
                     prevent_thread_lock=not block, allowed_paths=allowed, ssr_mode=False, mcp_server=False,
@@ -81,4 +88,7 @@ def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 7860,
     except OSError as e:
         downloads.close()
         raise UserError(f"cannot listen on {host}:{port} ({e}); pass another port=N, or stop what uses it") from None
-    return Served(demo, demo.local_url, downloads, runs)
+    served = Served(demo, demo.local_url, downloads, runs)
+    if block:                       # launch returned: interrupted (Ctrl-C) and the server stopped; clean up now
+        served.close()
+    return served

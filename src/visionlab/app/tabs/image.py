@@ -9,7 +9,8 @@ import gradio as gr
 from ...data.decode import IMAGE_EXTS
 from ...utils import UserError
 from ..guide import card_markdown
-from ..infer import AppRun, Downloads, annotate, classify_file, display_image, top_dict
+from ..infer import AppRun, Downloads, annotate, classify_image, display_image, top_dict
+from ..upload import TooLarge, open_upload
 
 TOPK = 10           # probabilities kept in the downloads; the bar chart shows the first five
 LOW_CONFIDENCE = 0.5    # below this the status line points at the runner-up too
@@ -20,22 +21,32 @@ def run_by_name(runs: list[AppRun], name: str | None) -> AppRun:
     return next((r for r in runs if r.name == name), runs[0])
 
 
+def upload_path(upload: dict | str | None) -> tuple[str | None, str]:
+    """(path, file name) of the File component's raw value (its FileData dict, or a plain path)."""
+    if isinstance(upload, dict):
+        path = upload.get("path")
+        return path, upload.get("orig_name") or Path(path or "").name
+    return upload, Path(upload or "").name
+
+
 def make_classify(runs: list[AppRun], downloads: Downloads):
-    """The event handler: (file path, model name) -> (label, annotated image, card, status, download files).
+    """The event handler: (upload, model name) -> (label, annotated image, card, status, download files).
 
-    A bad upload (empty, truncated, not an image) shows a warning and a status message; nothing is raised, so the
-    page and the server carry on."""
+    A bad upload (empty, truncated, not an image, over the pixel limit) shows a warning and a status message; nothing
+    is raised, so the page and the server carry on."""
 
-    def classify(path: str | None, model: str | None):
+    def classify(upload: dict | str | None, model: str | None):
+        path, name = upload_path(upload)
         if not path:
             return None, None, "", "Upload an image (JPEG, PNG, WebP, ...) or click an example.", None
         app_run = run_by_name(runs, model)
-        name = Path(path).name
         try:
-            picture = display_image(path)        # first: its error names the reason (empty, truncated, not an image)
-            top = classify_file(app_run, path, TOPK)
-        except (UserError, ValueError) as e:
-            msg = f"Cannot classify {name}: {e}. Upload a JPEG, PNG or other image file."
+            im = open_upload(path)               # decoded once; the error says why (empty, too large, ...)
+            top = classify_image(app_run, im, TOPK)
+            picture = display_image(im)
+        except UserError as e:
+            hint = "" if isinstance(e, TooLarge) else " Upload a JPEG, PNG or other image file."
+            msg = f"Cannot classify {name}: {e}.{hint}"
             gr.Warning(msg)
             return None, None, "", f"**{msg}**", None
         shown = annotate(picture, top)
@@ -45,7 +56,7 @@ def make_classify(runs: list[AppRun], downloads: Downloads):
         if p < LOW_CONFIDENCE:
             status += f"; the model is unsure, so check the card of {top[1][0]} too"
         if app_run.guide is not None and not card_markdown(app_run.guide, cls):
-            status += f" (the guide {app_run.guide['path']} has no card for {cls})"
+            status += f" (the guide {app_run.guide['name']} has no card for {cls})"
         return top_dict(top), shown, card_markdown(app_run.guide, cls), status, files
 
     return classify
@@ -76,6 +87,9 @@ def build_image_tab(runs: list[AppRun], picker: gr.Dropdown, downloads: Download
                 files = gr.File(label="Download the prediction (JSON, CSV, annotated PNG)", file_count="multiple",
                                 interactive=False)
         card = gr.Markdown(elem_id="image-card")
-        # change covers uploads, example clicks and clearing; the picker re-runs the same file on another model
+        # change covers uploads, example clicks and clearing; the picker re-runs the same file on another model.
+        # preprocess=False: the handler gets the cached upload's FileData (Gradio's File preprocessing leaves an empty
+        # temporary file behind on every call, never deleted); Gradio still checks the path lies in its cache
         gr.on([upload.change, button.click, picker.change], make_classify(runs, downloads), inputs=[upload, picker],
-              outputs=[label, shown, card, status, files], api_name="classify", trigger_mode="always_last")
+              outputs=[label, shown, card, status, files], api_name="classify", trigger_mode="always_last",
+              preprocess=False)
