@@ -122,11 +122,11 @@ def test_folder_with_hostile_files_trains(tmp_path, data_dir, cli):
 
 
 def test_early_stopping_and_training_options(tmp_path):
-    """With lr=0 only BatchNorm statistics move, so val accuracy soon stops improving and early_stop=1 ends the run
+    """With lr=1e-9 (about 0) only BatchNorm statistics move, so val accuracy soon stops improving and early_stop=1 ends the run
     one epoch after its best epoch, before epoch 5; the other engine options run alongside."""
     from visionlab import run
 
-    r = run.train(None, ["optim.lr=0", "train.early_stop=1", "train.epochs=5", "data.limit=400",
+    r = run.train(None, ["optim.lr=1e-9", "train.early_stop=1", "train.epochs=5", "data.limit=400",
                          "train.progress=false", f"out_dir={tmp_path}", "train.grad_clip=1.0",
                          "train.label_smoothing=0.1", "data.cutmix=1.0", "data.mixup=0.2", "optim.name=sgd",
                          "optim.nesterov=true", "optim.scheduler=cosine", "optim.warmup_epochs=1"])

@@ -125,3 +125,21 @@ def test_interrupted_run_is_marked_and_releases_its_lock(tmp_path):
     assert lock.holder(tmp_path / "int") is None
     (tmp_path / "int" / "status.json").write_text(json.dumps({"status": "running", "reason": None}))
     assert "killed" in read_status(tmp_path / "int")["reason"]      # running, yet nobody holds it: SIGKILL
+    _unfinished_runs_are_explained_or_skipped(tmp_path / "int")
+
+
+def _unfinished_runs_are_explained_or_skipped(run_dir):
+    """The report says so at the top; an ensemble and the app refuse a failed run named alone and skip it in a folder."""
+    from visionlab.api import report
+    from visionlab.app.infer import load_app_runs
+    from visionlab.experiments.ensemble import find_members
+    from visionlab.utils import UserError
+
+    text = report(run_dir).with_name("report.md").read_text()
+    assert "## Status" in text.split("## Overview")[0] and "not finished: failed: killed" in text
+    with pytest.raises(UserError, match="not a finished run"):
+        find_members([run_dir, run_dir])
+    with pytest.raises(UserError, match="holds none"):        # the folder's only run is unfinished: left out
+        find_members([run_dir.parent])
+    with pytest.raises(UserError, match="the app serves finished runs only"):
+        load_app_runs([run_dir])

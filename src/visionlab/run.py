@@ -22,7 +22,7 @@ from .engine import lock as run_lock
 from .engine.rundir import (append_resume, check_name, latest_run_dir, new_run_dir, versions, write_env,
                             write_status)
 from .models import count_params, flops_per_image
-from .tasks import TASKS
+from .tasks import TASKS, default_image_size
 from .utils import ConfigError, UserError, atomic_write_text, resolve_device, seed_everything, write_json
 
 
@@ -60,7 +60,10 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
             write_env(run_dir, device, precision)
         seed_everything(cfg.seed)
 
-        splits = build_splits(cfg.data)
+        size_asked = cfg.data.image_size
+        splits = build_splits(cfg.data, default_size=default_image_size(cfg))
+        if dist.main and resume_dir is None and cfg.data.image_size != size_asked:
+            atomic_write_text(run_dir / "config.yaml", C.dump_yaml(cfg))     # the size the data chose
         if cfg.data.bootstrap:                  # a bagging member: n draws with replacement from the train split
             splits.train = bootstrap(splits.train, cfg.seed)
         if dist.main:
@@ -346,8 +349,10 @@ def _write_errors(task, split, run_dir) -> None:
     ex = task.examples() if hasattr(task, "examples") else None
     if ex is None:
         return
+    from .utils import write_npz         # atomic: a full disk keeps the previous errors.npz readable
+
     names = [split.names[i] if split.names else f"test[{i}]" for i in ex["index"]]
-    np.savez(Path(run_dir) / "errors.npz", **ex, names=np.array(names, dtype=str))
+    write_npz(Path(run_dir) / "errors.npz", **ex, names=np.array(names, dtype=str))
 
 
 def _write_data_reports(splits, run_dir: Path) -> None:

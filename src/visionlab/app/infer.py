@@ -17,7 +17,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..config import data_root
 from ..data.decode import IMAGE_EXTS, to_rgb_or_l
+from ..engine.rundir import unfinished
 from ..run import LoadedRun, load_run, predict
+from ..utils import UserError
 from .guide import find_guide, load_guide
 from .upload import model_input, open_upload
 
@@ -92,6 +94,8 @@ def load_app_runs(run_dirs: list[str | Path], guide: str | Path | None = None) -
     """Load every run once (best checkpoint, eval mode) with its guide and test-split examples."""
     out = []
     for d in run_dirs:
+        if unfinished(d):
+            raise UserError(f"{d} is not a finished run ({unfinished(d)}); the app serves finished runs only")
         run = load_run(d)
         path = find_guide(run.run_dir, run.cfg.data.name, guide)
         out.append(AppRun(run.run_dir.name, run, load_guide(path) if path else None, example_files(run),

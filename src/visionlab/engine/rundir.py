@@ -109,6 +109,17 @@ def read_status(run_dir: str | Path) -> dict | None:
     return st
 
 
+def unfinished(run_dir: str | Path) -> str | None:
+    """Why a run cannot be used as a finished run ("failed: ...", "still running (pid N)"), or None when it finished
+    (or predates status.json). Reports, ensembles and the app call this before reading a run."""
+    st = read_status(run_dir)
+    if st is None or st.get("status") == "finished":
+        return None
+    if st.get("status") == "running":
+        return f"still running (pid {st.get('pid')})"
+    return f"{st.get('status')}: {st.get('reason') or 'no reason recorded'}"
+
+
 def append_resume(run_dir: Path, record: dict) -> None:
     """One line per resume in resumes.jsonl (env.json keeps describing the run's start)."""
     line = {"time": _now(), "argv": [mask_secrets(a) for a in sys.argv], **record,

@@ -11,6 +11,7 @@ from visionlab import config as C
 from visionlab.data import build_splits
 from visionlab.data.loaders import build_loader
 from visionlab.engine.precision import autocast
+from visionlab.engine.rundir import unfinished
 from visionlab.experiments import stats
 from visionlab.experiments.report import render_html, render_markdown
 from visionlab.run import load_run
@@ -27,9 +28,14 @@ def find_members(paths: list[str | Path]) -> list[Path]:
     runs = []
     for p in map(Path, paths):
         if (p / "checkpoints" / "best.safetensors").is_file():
+            if unfinished(p):
+                raise UserError(f"{p} is not a finished run ({unfinished(p)}); finish it or leave it out")
             runs.append(p)
             continue
         found = sorted(q.parent.parent for q in p.glob("**/checkpoints/best.safetensors")) if p.is_dir() else []
+        for q in [q for q in found if unfinished(q)]:
+            print(f"note: leaving out {q}: {unfinished(q)}")
+        found = [q for q in found if not unfinished(q)]
         if not found:
             raise UserError(f"{p}: not a run directory and holds none (no checkpoints/best.safetensors); pass runs "
                             "made by `visionlab train` or a `visionlab seeds` folder")

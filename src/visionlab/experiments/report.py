@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from visionlab.engine.rundir import unfinished
 from visionlab.experiments import plots
 from visionlab.utils import UserError, atomic_write_text
 
@@ -93,6 +94,7 @@ def load_run_files(run_dir: str | os.PathLike) -> dict:
         except (OSError, csv.Error, UnicodeDecodeError) as e:
             notes.append(f"metrics.csv could not be read: {e}")
     info["summary"] = _read_json_opt(run_dir / "summary.json", notes) or {}
+    info["unfinished"] = unfinished(run_dir)         # status.json: failed or still running
     info["data_report"] = _read_json_opt(run_dir / "data_report.json", notes)
     info["errors"] = _read_errors(run_dir / "errors.npz", notes)
     info["export"] = _read_json_opt(run_dir / "export.json", notes)      # `visionlab export`
@@ -271,7 +273,10 @@ def build_sections(info: dict, images: dict) -> tuple[str, list]:
                  if s.get("flops_per_image") is not None else None),
                 ("classes", len(classes) or None), ("device", s.get("device")), ("precision", s.get("precision")),
                 ("seed", _cfg_get(cfg, "seed"))]
-    sections = [("Overview", [("table", ["item", "value"], [[k, str(v)] for k, v in overview if v is not None])]),
+    sections = [("Status", [("text", f"This run is not finished: {info['unfinished']}. The figures below are what it "
+                                     "left so far; resume it with `visionlab train resume=RUN_DIR`.")])
+                ] if info.get("unfinished") else []
+    sections += [("Overview", [("table", ["item", "value"], [[k, str(v)] for k, v in overview if v is not None])]),
                 ("Results", _headline(info)),
                 ("Training", _training(info)), ("Per-class metrics", _per_class(info, classes))]
     if "confusion" in images:
