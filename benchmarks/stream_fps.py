@@ -44,7 +44,7 @@ TRASH = ["data.name=trashnet", "data.image_size=64", "data.pad_square=true", "da
 
 
 def one_arm(pipeline, capture, frames: int, out: Path) -> dict:
-    from visionlab.experiments.stream_run import stream
+    from visionlab.views.stream_run import stream
 
     return stream(str(VIDEO), out, capture=capture, max_frames=frames + 1, display="false", pipeline=pipeline,
                   log=lambda m: None)
@@ -71,7 +71,7 @@ def main(argv: list[str]) -> None:
     import torch
 
     from visionlab.deploy.detectors import build_detector
-    from visionlab.experiments.stream_run import build_classifier
+    from visionlab.views.stream_run import build_classifier
 
     opts = dict(a.split("=", 1) for a in argv)
     frames, reps = int(opts.get("frames", 100)), int(opts.get("reps", 2))

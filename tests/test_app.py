@@ -259,7 +259,7 @@ def test_header_names_the_guide_file_only(served):
 
 
 def test_cli_options():
-    from visionlab.cli_app import parse
+    from visionlab.cli.app import parse
 
     opts = parse(["runs/a", "runs/b", "port=8000", "max_upload_mb=2.5", "share=false"])
     assert opts == {"run_dirs": ["runs/a", "runs/b"], "host": "127.0.0.1", "port": 8000, "guide": None,

@@ -128,11 +128,11 @@ def test_full_disk_keeps_previous_similarity_index(tmp_path, monkeypatch):
 
 
 def _tiny_classifier():
-    from visionlab.deploy.export import wrap_classifier
+    from visionlab.deploy.export import wrap_uint8
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                               torch.nn.Linear(4, 2))
-    return wrap_classifier(net, lambda x: x.permute(0, 3, 1, 2).float() / 255)
+    return wrap_uint8(net, lambda x: x.permute(0, 3, 1, 2).float() / 255)
 
 
 def test_full_disk_keeps_previous_torchscript_export(tmp_path, monkeypatch):

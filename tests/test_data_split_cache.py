@@ -9,7 +9,8 @@ from PIL import Image
 
 from visionlab.config import DataConfig
 from visionlab.data import build_splits, cache, embedded, folder
-from visionlab.data.split import limit_indices, parse_ratios, split_folder, stratified_split
+from visionlab.data.folder import split_folder
+from visionlab.data.split import limit_indices, parse_ratios, stratified_split
 from visionlab.utils import UserError
 
 from conftest import DATA  # noqa: E402 - one definition of where the real data lies

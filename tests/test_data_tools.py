@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visionlab.cli_data import cmd_balance, cmd_crop, cmd_faces
+from visionlab.cli.data import cmd_balance, cmd_crop, cmd_faces
 from visionlab.data.balance import balance_folder
 from visionlab.data.crop import crop_dataset
 from visionlab.data.folder import scan_folder

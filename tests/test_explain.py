@@ -160,7 +160,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_cli_explain_writes_overlays(trained_run, tmp_path, capsys):
-    from visionlab.cli_explain import cmd_explain
+    from visionlab.cli.explain import cmd_explain
     from visionlab.data import build_splits
     from visionlab.run import load_run
 
@@ -184,8 +184,8 @@ def test_cli_explain_writes_overlays(trained_run, tmp_path, capsys):
 
 
 def test_cam_gallery_in_report(trained_run):
-    from visionlab.experiments.cam_gallery import write_cam_gallery
-    from visionlab.experiments.report import write_report
+    from visionlab.views.cam_gallery import write_cam_gallery
+    from visionlab.views.report import write_report
 
     path = write_cam_gallery(trained_run, max_per_class=1)
     assert path == trained_run / "cam_gallery.png" and path.stat().st_size > 1000

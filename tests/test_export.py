@@ -59,7 +59,7 @@ def test_export_parity_onnx_torchscript_int8(exported):
 
 def _test_images(run: Path, n: int) -> np.ndarray:
     from visionlab.data import build_splits
-    from visionlab.experiments.export_run import as_run
+    from visionlab.views.export_run import as_run
     from visionlab.run import _eval_loader
 
     loaded = as_run(run)
@@ -70,7 +70,7 @@ def _test_images(run: Path, n: int) -> np.ndarray:
 
 def test_dynamic_batch_one_and_seven(exported):
     from visionlab.deploy.runtime import load_torchscript, onnx_runner, torch_runner
-    from visionlab.experiments.export_run import runner
+    from visionlab.views.export_run import runner
 
     images = _test_images(exported, 7)
     eager = runner(exported, "eager")(images)
@@ -107,7 +107,7 @@ def test_bench_writes_all_backends_and_report_shows_tables(exported):
 
 
 def test_frame_classifier_eager_matches_onnx_and_predict_on_real_files(exported, data_dir):
-    from visionlab.experiments.export_run import frame_classifier
+    from visionlab.views.export_run import frame_classifier
     from visionlab.run import predict
 
     files = sorted((data_dir / "trashnet").glob("*/*.jpg"))[::400][:5]
@@ -129,7 +129,7 @@ def test_frame_classifier_eager_matches_onnx_and_predict_on_real_files(exported,
 
 
 def test_cli_bad_input_is_a_clean_error(tmp_path, exported):
-    from visionlab.cli_deploy import cmd_bench, cmd_export
+    from visionlab.cli.deploy import cmd_bench, cmd_export
     from visionlab.utils import ConfigError
 
     not_run = tmp_path / "not_a_run"
@@ -162,7 +162,7 @@ def test_torchscript_is_loaded_only_as_the_file_export_wrote(exported, tmp_path)
     import torch
 
     from visionlab.deploy.runtime import file_sha256, load_torchscript
-    from visionlab.experiments.export_run import runner
+    from visionlab.views.export_run import runner
     from visionlab.utils import UserError
 
     run = _copy_run(exported, tmp_path)
@@ -192,7 +192,7 @@ def test_torchscript_is_loaded_only_as_the_file_export_wrote(exported, tmp_path)
                                             ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, False)])
 def test_bench_says_when_bf16_is_emulated(exported, tmp_path, monkeypatch, flags, emulated):
     from visionlab.deploy import latency
-    from visionlab.experiments.bench_run import bench_run, format_bench
+    from visionlab.views.bench_run import bench_run, format_bench
 
     monkeypatch.setattr(latency, "cpu_flags", lambda: set(flags))       # an AVX2-only or a native-bf16 CPU
     run = _copy_run(exported, tmp_path)

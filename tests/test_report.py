@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import yaml
 
-from visionlab.experiments import write_report
-from visionlab.experiments.report import read_metrics_csv
+from visionlab.views.report import write_report
+from visionlab.views.report import read_metrics_csv
 from visionlab.utils import UserError, write_json
 
 CLASSES = ["cat", "dog", "bird_small"]

@@ -12,8 +12,9 @@ import time
 import pytest
 
 from visionlab import config as C
-from visionlab.cli_experiments import cmd_compare, cmd_seeds
-from visionlab.experiments import compare, render_any, seeds
+from visionlab.cli.experiments import cmd_compare, cmd_seeds
+from visionlab.experiments import compare, seeds
+from visionlab.experiments.render import render_any
 from visionlab.utils import ConfigError, UserError
 
 TINY = ["data.name=mnist5k", "data.limit=300", "train.progress=false", "train.tensorboard=false"]
@@ -27,7 +28,7 @@ def _no_training(*_a, **_k):
 def test_seeds_kill_resume_and_skip(tmp_path, capsys, monkeypatch):
     args = [*TINY, "train.epochs=2", "n=2", f"out_dir={tmp_path}", "name=s"]
     seed1 = tmp_path / "s" / "seed-1"
-    code = f"import sys; from visionlab.cli_experiments import cmd_seeds; sys.exit(cmd_seeds({args!r}))"
+    code = f"import sys; from visionlab.cli.experiments import cmd_seeds; sys.exit(cmd_seeds({args!r}))"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while not (seed1 / "checkpoints" / "last.safetensors").is_file() and proc.poll() is None and time.time() < deadline:

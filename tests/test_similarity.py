@@ -73,8 +73,8 @@ def tiny_run(tmp_path_factory):
 def test_retrieval_and_similar_on_a_real_run(tiny_run, tmp_path, capsys):
     from PIL import Image
 
-    from visionlab.cli_similar import cmd_similar
-    from visionlab.experiments.similarity import embed_split, evaluate_retrieval, similar
+    from visionlab.cli.similar import cmd_similar
+    from visionlab.views.similarity import embed_split, evaluate_retrieval, similar
 
     res = evaluate_retrieval(tiny_run, k=(1, 5, 10))
     print("retrieval:", res)

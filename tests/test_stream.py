@@ -151,7 +151,7 @@ def test_sizes_and_bad_sources_fail_cleanly(data_dir, tmp_path, capsys):
             parse_size(bad)
     (tmp_path / "empty").mkdir()
     (tmp_path / "notes.txt").write_text("not a video")
-    from visionlab.cli_stream import cmd_stream
+    from visionlab.cli.stream import cmd_stream
 
     cases = {str(tmp_path / "missing.avi"): "video source not found", str(tmp_path / "empty"): "no images found",
              str(tmp_path / "notes.txt"): "cannot decode", "7": "no camera at index 7"}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from visionlab.cli_sweep import cmd_sweep
+from visionlab.cli.sweep import cmd_sweep
 from visionlab.config import load_config
 
 from conftest import DATA

@@ -1,10 +1,11 @@
-"""The public Python API, mirroring the CLI: the pipeline (run.py) plus the human report (experiments/)."""
+"""The public Python API, mirroring the CLI: the pipeline (run.py) plus the human views (views/, experiments/)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from . import run as _run
-from .experiments.report import render_any, write_report
+from .experiments.render import render_any
+from .views.report import write_report
 from .experiments.training import train_and_report
 
 

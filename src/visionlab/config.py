@@ -27,7 +27,8 @@ def opt(default, help: str, *, ge=None, gt=None, le=None, lt=None):
 @dataclass
 class DataConfig:
     name: str = opt("mnist5k", "dataset: mnist5k (embedded, default), digits, mnist, fashion_mnist, cifar10, cifar100, "
-                               "trashnet, neu_det (box crops), folder")
+                               "trashnet, neu_det (box crops), folder; segmentation: camvid, coco128_seg, "
+                               "mask_folder")
     root: str = opt("", "data folder; empty -> $VISIONLAB_DATA/<dataset folder>, else ./data/<dataset folder>")
     download: bool = opt(False, "fetch a missing dataset from the internet (only where a network exists)")
     val_fraction: float = opt(0.1, "fraction of train held out for validation when the source has no val split",
@@ -68,6 +69,9 @@ class ModelConfig:
                              "0 = the data size", ge=0)
     freeze: str = opt("0", "freeze the backbone from the input side: a fraction of its layers (0, 0.25, 0.5, 1) or "
                            "stages:N")
+    output_stride: int = opt(16, "segmentation models: input size / feature size of the backbone (8, 16 or 32; "
+                                 "8 = finer masks, about 3x the compute of 16)", ge=8, le=32)
+    aux_loss: bool = opt(False, "segmentation models with an auxiliary head (DeepLabV3, FCN): train it too")
 
 
 @dataclass
@@ -113,19 +117,38 @@ class TrainConfig:
 
 
 @dataclass
+class SegmentationConfig:
+    """The segmentation task's own keys (task=segmentation)."""
+    crop_size: list = opt([], "training crop [H, W] after random scaling; [] = the image size")
+    scale_min: float = opt(0.5, "random scale range for training images and masks: lower end", gt=0)
+    scale_max: float = opt(2.0, "random scale range: upper end (torchvision reference: 0.5-2.0)", gt=0)
+    hflip: bool = opt(True, "random horizontal flip of image and mask")
+    jitter: float = opt(0.0, "colour jitter strength (brightness, contrast, saturation +- this)", ge=0, lt=1)
+    class_weights: list = opt([], "per-class cross-entropy weights; [] = uniform")
+    dice: float = opt(0.0, "weight of a soft Dice loss added to the cross-entropy; 0 = off", ge=0)
+    aux_weight: float = opt(0.4, "weight of the auxiliary head's loss (with model.aux_loss=true)", ge=0)
+    tta_scales: list = opt([1.0], "test-time scales whose softmax outputs are averaged (the seed's multi-scale "
+                                  "evaluation: [0.75, 1.0, 1.25])")
+    tta_flip: bool = opt(False, "test-time: also average horizontally flipped inputs")
+    max_examples: int = opt(8, "worst test images kept for the report's overlay gallery", ge=0)
+
+
+@dataclass
 class Config:
     name: str = opt("", "run name; runs go to <out_dir>/<name>[-N]; empty -> config file stem or 'default'")
     out_dir: str = opt("runs", "parent folder of run directories")
-    task: str = opt("classification", "task: classification")
+    task: str = opt("classification", "task: classification, segmentation")
     seed: int = opt(0, "random seed for weights, data order and augmentation")
     resume: str = opt("", "RUN_DIR to continue, or 'true' for the newest run of this name")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
+            "segmentation": SegmentationConfig}
 
 
 def fields_table(cls=Config, prefix: str = ""):

@@ -32,8 +32,14 @@ class RunResult:
     summary: dict
 
     @property
-    def test_acc(self) -> float:
-        return self.summary["test/acc"]
+    def score(self) -> float:
+        """The task's primary metric on the test split (test/acc for classification, test/miou for segmentation)."""
+        return self.summary[test_key(self.summary["primary_metric"])]
+
+
+def test_key(primary_metric: str) -> str:
+    """val/<m> -> test/<m>: the test-split figure of a primary metric."""
+    return "test/" + primary_metric.split("/", 1)[-1]
 
 
 def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] | None = None,
@@ -41,7 +47,7 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
     """Train one run and return its directory and test summary. ``cfg``: a Config, a dict, a YAML path or None.
 
     ``on_epoch_end``: callables cb(state, row) run after each epoch (e.g. a sweep's pruner); one may raise to stop.
-    The human report (L4, experiments/report.py) is written by the public ``visionlab.train``, not here."""
+    The human report (L4, views/report.py) is written by the public ``visionlab.train``, not here."""
     asked = _asked_keys(cfg, overrides)
     cfg = _as_config(cfg, overrides)
     check_name(cfg.name or "default")
@@ -68,19 +74,20 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
             splits.train = bootstrap(splits.train, cfg.seed)
         if dist.main:
             _write_data_reports(splits, run_dir)
-        info = splits.info()
         gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * dist.rank)   # augmentation; saved in checkpoints
-        task = TASKS.get(cfg.task)(cfg, info, gen)
-        info = getattr(task, "info", info)      # a pretrained backbone brings its own mean/std
+        task = TASKS.get(cfg.task)(cfg, splits.info(), gen)
+        info = task.info                        # a pretrained backbone brings its own mean/std
         task.model.to(device)
         if cfg.train.channels_last:
             task.model.to(memory_format=torch.channels_last)
         train_loader = build_loader(splits.train, cfg.train.batch_size, True, cfg.seed, info.preprocess,
                                     cfg.data.num_workers, dist.rank, dist.world)
         val_loader = _eval_loader(splits.val, cfg, info)
-        optimizer = build_optimizer(task.param_groups(cfg.optim), cfg.optim)
-        scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.epochs, len(train_loader))
-        ctx = FitContext(optimizer, scheduler, cfg.train, run_dir, device, precision, _sidecar(cfg, info),
+        optimizers = {k: build_optimizer(g, cfg.optim) for k, g in task.optimizer_groups(cfg.optim).items()}
+        schedulers = {k: build_scheduler(o, cfg.optim, cfg.train.epochs, len(train_loader))
+                      for k, o in optimizers.items()}
+        task.optimizers = optimizers            # a task that optimizes manually steps them itself
+        ctx = FitContext(optimizers, schedulers, cfg.train, run_dir, device, precision, _sidecar(cfg, info),
                          {"augment": gen}, ema=_build_ema(task.model, cfg.train.ema_decay),
                          scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None,
                          on_epoch_end=list(on_epoch_end or []), dist=dist)
@@ -153,8 +160,32 @@ def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
     return LoadedRun(run_dir, cfg, info, task, dev, resolve_precision(cfg.train.precision, dev))
 
 
-def predict(run_dir: str | Path | LoadedRun, images, topk: int = 5) -> list[list[tuple[str, float]]]:
-    """Top-k (class, probability) per image. ``images``: file paths or uint8 HWC arrays, preprocessed like the data."""
+def predict(run_dir: str | Path | LoadedRun, images, topk: int = 5) -> list:
+    """One result per image (``images``: file paths or uint8 HWC arrays, decoded like the data), as the task's
+    predictions say: classes -> the top-k [(class, probability)]; masks -> {"mask": uint8 [H, W] class ids,
+    "areas": {class: fraction of the image}}."""
+    if topk < 1:
+        raise ConfigError(f"topk={topk} is out of range: it must be >= 1; e.g. topk=5")
+    pred = predict_batch(run_dir, images)
+    run = run_dir if isinstance(run_dir, LoadedRun) else None
+    classes = run.classes if run else pred.classes
+    if pred.kind == "classes":
+        probs = pred.probs.cpu()
+        top = probs.topk(min(topk, probs.shape[1]), dim=1)
+        return [[(classes[int(i)], float(p)) for p, i in zip(ps, ids)] for ps, ids in zip(top.values, top.indices)]
+    if pred.kind == "masks":
+        out = []
+        for m in pred.masks.cpu():
+            counts = torch.bincount(m.flatten(), minlength=len(classes)).double() / m.numel()
+            out.append({"mask": m.to(torch.uint8).numpy(),
+                        "areas": {c: float(a) for c, a in zip(classes, counts) if a > 0}})
+        return out
+    raise UserError(f"predict: a {pred.kind!r} prediction has no per-image summary yet")
+
+
+def predict_batch(run_dir: str | Path | LoadedRun, images):
+    """The task's typed Prediction (tasks.base.Prediction) for a list of image files or uint8 HWC arrays; the
+    prediction carries ``classes`` (the run's class names) as an attribute for convenience."""
     from .data.decode import try_load
 
     run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
@@ -166,11 +197,14 @@ def predict(run_dir: str | Path | LoadedRun, images, topk: int = 5) -> list[list
                 raise UserError(f"{im}: cannot read this image ({reason}); pass a JPEG, PNG or other image file")
             im = arr
         arrays.append(np.asarray(im, dtype=np.uint8))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise UserError(f"images of different sizes ({', '.join(str(s[:2]) for s in sorted(shapes))}) cannot share a "
+                        "batch; predict them one at a time")
     batch = torch.from_numpy(np.stack([a if a.ndim == 3 else a[..., None] for a in arrays])).to(run.device)
-    probs = run.task.predict(batch).cpu()
-    k = min(topk, probs.shape[1])
-    top = probs.topk(k, dim=1)
-    return [[(run.classes[int(i)], float(p)) for p, i in zip(ps, ids)] for ps, ids in zip(top.values, top.indices)]
+    pred = run.task.predict(batch)
+    pred.classes = run.classes
+    return pred
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
@@ -265,21 +299,22 @@ def _restore(task, ctx: FitContext, cfg: C.Config, changes: dict):
 
 
 def _test_summary(task, state, splits, cfg: C.Config, run_dir: Path, device, precision: str) -> dict:
-    """Evaluate the best checkpoint on the test split; the summary.json of the run."""
-    info = getattr(task, "info", splits.info())
-    summary = {"task": cfg.task, "dataset": cfg.data.name, "model": cfg.model.name, "classes": info.classes,
-               "params": count_params(task.model),
-               "flops_per_image": flops_per_image(task.model, info.channels,
-                                                  getattr(task, "input_size", info.image_size)),
-               "best_epoch": state.best_epoch, "epochs_run": state.epoch, "best/val/acc": state.best,
+    """Evaluate the best checkpoint on the test split; the summary.json of the run. Numbers become test/<key>,
+    lists (per-class tables, confusion matrices) stay under their own key."""
+    info, (metric, mode) = task.info, task.primary_metric
+    summary = {"task": cfg.task, "primary_metric": metric, "mode": mode, "dataset": cfg.data.name,
+               "model": cfg.model.name, "classes": info.classes, "params": count_params(task.model),
+               "flops_per_image": flops_per_image(task.model, info.channels, task.input_size),
+               "best_epoch": state.best_epoch, "epochs_run": state.epoch, f"best/{metric}": state.best,
                "device": str(device), "precision": precision, "data_source": splits.source,
                "train_size": len(splits.train), "val_size": len(splits.val) if splits.val else 0,
                "test_size": len(splits.test)}
     t0 = time.perf_counter()
     metrics = _evaluate_split(task, run_dir, splits.test, cfg, info, device, precision, keep_errors=True)
     rates = [r["img_per_s"] for r in state.history]
-    summary.update({f"test/{k}": v for k, v in metrics.items() if k not in ("confusion", "per_class")})
-    summary.update({"split": "test", "per_class": metrics["per_class"], "confusion": metrics["confusion"],
+    summary.update({f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+    summary.update({k: v for k, v in metrics.items() if not isinstance(v, (int, float))})
+    summary.update({"split": "test",
                     "timings": {"train_s": state.train_s, "eval_s": time.perf_counter() - t0,
                                 "train_img_per_s": float(np.mean(rates)) if rates else None}})
     return summary
@@ -346,7 +381,7 @@ def _evaluate_split(task, run_dir, split, cfg, info, device, precision, keep_err
 
 
 def _write_errors(task, split, run_dir) -> None:
-    ex = task.examples() if hasattr(task, "examples") else None
+    ex = task.examples()
     if ex is None:
         return
     from .utils import write_npz         # atomic: a full disk keeps the previous errors.npz readable

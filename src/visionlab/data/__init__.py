@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..registry import Registry
-from . import cifar, embedded, folder, idx, neu_det
+from . import cifar, embedded, folder, idx, neu_det, segmentation
 from .base import ImageSet, Splits, channel_stats
 from .split import limit_indices
 
@@ -16,6 +16,9 @@ DATASETS.register("trashnet", folder.build_trashnet)
 DATASETS.register("neu_det", neu_det.build_neu_det)
 DATASETS.register("mnist5k", embedded.build_mnist5k)
 DATASETS.register("digits", embedded.build_digits)
+DATASETS.register("camvid", segmentation.build_camvid)            # segmentation: images + masks
+DATASETS.register("coco128_seg", segmentation.build_coco128_seg)
+DATASETS.register("mask_folder", segmentation.build_mask_folder)
 # sources whose images may differ in size: with data.image_size=0 they take the size to use from build_splits
 MIXED_SIZES = {"folder", "trashnet", "neu_det"}
 

@@ -44,6 +44,7 @@ class DataInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     preprocess: dict = field(default_factory=dict)
+    target: str = "label"                    # what the samples carry: label (an int) or mask (per-pixel classes)
 
     @property
     def num_classes(self) -> int:
@@ -52,7 +53,7 @@ class DataInfo:
     @classmethod
     def from_dict(cls, d: dict) -> "DataInfo":
         return cls(list(d["classes"]), int(d["channels"]), tuple(d["image_size"]), tuple(d["mean"]), tuple(d["std"]),
-                   dict(d.get("preprocess", {})))
+                   dict(d.get("preprocess", {})), str(d.get("target", "label")))
 
 
 @dataclass
@@ -78,7 +79,7 @@ class Splits:
 
     def info(self) -> DataInfo:
         return DataInfo(list(self.classes), self.channels, tuple(self.image_size), tuple(self.mean), tuple(self.std),
-                        dict(self.preprocess))
+                        dict(self.preprocess), "mask" if self.train.masks is not None else "label")
 
 
 def channel_stats(images: np.ndarray, max_images: int = 10000) -> tuple[tuple[float, ...], tuple[float, ...]]:

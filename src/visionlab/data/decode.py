@@ -164,14 +164,28 @@ def _open(path) -> Image.Image:
     return im
 
 
+def short_side_size(h: int, w: int, short_side: int) -> tuple[int, int]:
+    """(H, W) with the short side = ``short_side`` and the aspect ratio kept (0 keeps the size)."""
+    if not short_side:
+        return h, w
+    s = short_side / min(h, w)
+    return (short_side, max(1, round(w * s))) if h <= w else (max(1, round(h * s)), short_side)
+
+
 def load_image(path, preprocess: dict) -> np.ndarray:
     """Decode one file into uint8 HWC (C = 3, or 1 when grayscale); raises DecodeError for bad files.
 
-    ``preprocess`` is Splits.preprocess: image_size (0 = native, N = NxN, or [H, W]), pad_square, grayscale.
+    ``preprocess`` is Splits.preprocess: image_size (0 = native, N = NxN, or [H, W]), short_side (segmentation
+    sources: resize so the short side is N, aspect kept), pad_square, grayscale.
     """
     im = to_rgb_or_l(_open(path), bool(preprocess.get("grayscale")))
     if preprocess.get("pad_square"):
         im = letterbox(im)
+    short = int(preprocess.get("short_side") or 0)
+    if short:
+        h, w = short_side_size(im.size[1], im.size[0], short)
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.BILINEAR)
     size = preprocess.get("image_size") or 0
     wh = (int(size[1]), int(size[0])) if isinstance(size, (list, tuple)) else (int(size), int(size))
     if size and im.size != wh:

@@ -16,7 +16,8 @@ from ..utils import ConfigError, UserError
 from . import cache
 from .base import ImageSet, channel_stats
 from .decode import IMAGE_EXTS, decode_files, preprocess_dict, probe, try_load, verify_files
-from .split import holdout, limit_indices, make_splits, missing_data_error, split_train_val_test
+from .split import (holdout, limit_indices, make_splits, missing_data_error, parse_ratios, split_train_val_test,
+                    stratified_split, write_manifest)
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 STATS_SAMPLE = 500
@@ -312,3 +313,24 @@ def build_folder(cfg, default_size: int | None = None):
 def build_trashnet(cfg, default_size: int | None = None):
     """TrashNet photos (<class>/*.jpg, 6 classes) at data_root(cfg, 'trashnet'), seeded data.split."""
     return load_folder(cfg, "trashnet", default_size)
+
+
+def split_folder(root, ratios: str | tuple[float, ...] = "8:1:1", seed: int = 0, out_csv=None) -> list[dict]:
+    """Seeded stratified split of an image folder ROOT/<class>/* into a manifest (and CSV when ``out_csv``).
+
+    Files are not decoded here; the split depends only on the file listing, exactly as `data.name=folder` does.
+    """
+    listing = scan_folder(root)
+    if listing.layout != "flat":
+        raise UserError(f"{root} already has split folders ({', '.join(sorted(listing.split_dirs))}); nothing to split")
+    if isinstance(ratios, str):
+        ratios = parse_ratios(ratios)
+    labels = np.array([e.label for e in listing.entries])
+    names = SPLIT_NAMES if len(ratios) == 3 else ("train", "test")
+    manifest = [None] * len(labels)
+    for name, idx in zip(names, stratified_split(labels, ratios, seed)):
+        for i in idx:
+            manifest[i] = {"file": listing.entries[i].rel, "label": listing.classes[labels[i]], "split": name}
+    if out_csv is not None:
+        write_manifest(manifest, out_csv)
+    return manifest

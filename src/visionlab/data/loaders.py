@@ -1,4 +1,5 @@
-"""Batch iterators yielding (uint8 NHWC images, int64 labels): in memory (fast path) or DataLoader workers.
+"""Batch iterators yielding (uint8 NHWC images, target): in memory (fast path) or DataLoader workers. The target is
+int64 labels, or uint8 NHW masks for a split that has them (segmentation).
 
 Both shuffle with a permutation derived from (seed, epoch) and can start mid-epoch, so a resumed run sees
 exactly the batches an uninterrupted run would have seen. Under data parallelism each rank takes its slice of
@@ -49,10 +50,11 @@ class InMemoryLoader(_Batches):
         # a private writable copy: cached arrays may be read-only memory maps, which torch warns about
         self.images = torch.from_numpy(np.array(split.images, copy=True, order="C"))
         self.labels = torch.from_numpy(split.labels.astype(np.int64))
+        self.masks = None if split.masks is None else torch.from_numpy(np.array(split.masks, copy=True, order="C"))
 
     def __iter__(self):
         for idx in super().__iter__():
-            yield self.images[idx], self.labels[idx]
+            yield self.images[idx], (self.labels[idx] if self.masks is None else self.masks[idx])
 
 
 class _FileDataset(torch.utils.data.Dataset):

@@ -14,7 +14,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from ..utils import UserError
-from .decode import DecodeError, try_load
+from .decode import DecodeError, short_side_size, try_load
 
 IGNORE = 255                                     # class id of void / padding / unknown pixels (loss ignore_index)
 VOID_NAMES = {"void", "unlabeled", "unlabelled", "ignore", "ignored", "unknown"}
@@ -109,14 +109,6 @@ def dominant_class(hist: np.ndarray, lut: np.ndarray, num_classes: int) -> np.nd
     onehot[np.arange(256), np.minimum(lut.astype(np.int64), num_classes)] = 1
     per_class = hist.reshape(-1, 256) @ onehot
     return per_class[:, :num_classes].argmax(1).astype(np.int64) if num_classes else np.zeros(len(hist), np.int64)
-
-
-def short_side_size(h: int, w: int, short_side: int) -> tuple[int, int]:
-    """(H, W) with the short side = ``short_side`` and the aspect ratio kept (0 keeps the size)."""
-    if not short_side:
-        return h, w
-    s = short_side / min(h, w)
-    return (short_side, max(1, round(w * s))) if h <= w else (max(1, round(h * s)), short_side)
 
 
 def resize_pair(image: np.ndarray, mask: np.ndarray, short_side: int) -> tuple[np.ndarray, np.ndarray]:

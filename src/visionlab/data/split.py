@@ -141,29 +141,6 @@ def write_manifest(manifest: list[dict], path_csv) -> None:
     atomic_write_text(path_csv, buf.getvalue())
 
 
-def split_folder(root, ratios: str | tuple[float, ...] = "8:1:1", seed: int = 0, out_csv=None) -> list[dict]:
-    """Seeded stratified split of an image folder ROOT/<class>/* into a manifest (and CSV when ``out_csv``).
-
-    Files are not decoded here; the split depends only on the file listing, exactly as `data.name=folder` does.
-    """
-    from .folder import scan_folder
-
-    listing = scan_folder(root)
-    if listing.layout != "flat":
-        raise UserError(f"{root} already has split folders ({', '.join(sorted(listing.split_dirs))}); nothing to split")
-    if isinstance(ratios, str):
-        ratios = parse_ratios(ratios)
-    labels = np.array([e.label for e in listing.entries])
-    names = SPLIT_NAMES if len(ratios) == 3 else ("train", "test")
-    manifest = [None] * len(labels)
-    for name, idx in zip(names, stratified_split(labels, ratios, seed)):
-        for i in idx:
-            manifest[i] = {"file": listing.entries[i].rel, "label": listing.classes[labels[i]], "split": name}
-    if out_csv is not None:
-        write_manifest(manifest, out_csv)
-    return manifest
-
-
 def make_splits(train: ImageSet, val: ImageSet | None, test: ImageSet, classes: list[str], *, source: str,
                 preprocess: dict, skipped=None, manifest=None, image_size=None, stats=None) -> Splits:
     """Assemble Splits, taking channels / size from the arrays and mean/std from the train split."""

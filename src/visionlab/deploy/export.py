@@ -1,5 +1,5 @@
-"""Export a classifier with its eval preprocessing folded in (uint8 NHWC in, logits out) to ONNX or TorchScript,
-and int8-quantize the ONNX file with ONNX Runtime static quantization."""
+"""Export a model with its eval preprocessing folded in (uint8 NHWC in, raw output out: class logits, per-pixel logits)
+to ONNX or TorchScript, and int8-quantize the ONNX file with ONNX Runtime static quantization."""
 from __future__ import annotations
 
 import contextlib
@@ -20,25 +20,28 @@ DEFAULT_OPSET = 17              # the legacy exporter's best-tested opset; ORT 1
 INPUT, OUTPUT = "images", "logits"
 
 
-class UInt8Classifier(nn.Module):
-    """uint8 [B, H, W, C] -> float logits [B, K]: the run's own eval transform, then the model. Exported as one
-    graph, so a deployed file needs no Python preprocessing and video/app code can feed raw resized frames.
+class UInt8Model(nn.Module):
+    """uint8 [B, H, W, C] -> float output (logits [B, K], or [B, K, H, W] per pixel): the run's own eval transform,
+    then the model (its ``output`` entry when the model returns a dict). Exported as one graph, so a deployed file
+    needs no Python preprocessing and video/app code can feed raw resized frames.
 
-    ``preprocess`` must be deterministic tensor code (data.transforms.BatchAugment with train=False: scale,
-    resize, normalize); tracing records its ops, so the export follows that code exactly."""
+    ``preprocess`` must be deterministic tensor code (the task's eval transform: scale, resize, normalize); tracing
+    records its ops, so the export follows that code exactly."""
 
-    def __init__(self, model: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(self, model: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor], output: str = ""):
         super().__init__()
         self.model = model
         self.preprocess = preprocess
+        self.output = output
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(self.preprocess(images)).float()
+        out = self.model(self.preprocess(images))
+        return (out[self.output] if self.output else out).float()
 
 
-def wrap_classifier(model: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor]) -> UInt8Classifier:
+def wrap_uint8(model: nn.Module, preprocess: Callable[[torch.Tensor], torch.Tensor], output: str = "") -> UInt8Model:
     """The export wrapper around ``model`` (moved to CPU fp32 and set to eval in place; no copy)."""
-    return UInt8Classifier(model.float().cpu().eval(), preprocess).eval()
+    return UInt8Model(model.float().cpu().eval(), preprocess, output).eval()
 
 
 def _example(channels: int, image_size: tuple[int, int], batch: int = 2) -> torch.Tensor:

@@ -18,24 +18,24 @@ from ..utils import UserError, atomic_write_many, json_text
 _META_KEY = "visionlab"
 
 
-def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def _flatten_optimizer(sd: dict, prefix: str = "optim") -> tuple[dict[str, torch.Tensor], dict]:
     tensors, state_meta = {}, {}
     for idx, st in sd["state"].items():
         entry = {}
         for k, v in st.items():
             if isinstance(v, torch.Tensor):
-                tensors[f"optim/{idx}/{k}"] = v.detach().cpu().contiguous()
+                tensors[f"{prefix}/{idx}/{k}"] = v.detach().cpu().contiguous()
             else:
                 entry[k] = v
         state_meta[str(idx)] = entry
     return tensors, {"param_groups": sd["param_groups"], "state": state_meta}
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict, prefix: str = "optim") -> dict:
     state: dict = {int(i): dict(v) for i, v in meta["state"].items()}
     for key, t in tensors.items():
-        if key.startswith("optim/"):
-            _, idx, name = key.split("/", 2)
+        if key.startswith(prefix + "/"):
+            idx, name = key[len(prefix) + 1:].split("/", 1)
             state.setdefault(int(idx), {})[name] = t
     return {"state": state, "param_groups": meta["param_groups"]}
 
@@ -45,15 +45,22 @@ def save_checkpoint(path: str | Path, weights: dict[str, torch.Tensor], sidecar:
     """Write ``path`` (.safetensors) and its ``.json`` sidecar atomically, as a pair: on a full disk (or any
     failure) both keep their previous content, so the previous ``last`` stays resumable.
 
-    ``train_state`` may hold "optimizer" (a state_dict), "rng" (name -> ByteTensor), "ema" (a state_dict) and any
-    JSON-serialisable entries (positions, scheduler state, history).
+    ``train_state`` may hold "optimizer" (a state_dict) or "optimizers" (name -> state_dict, for tasks with several),
+    "rng" (name -> ByteTensor), "ema" (a state_dict) and any JSON-serialisable entries (positions, schedulers,
+    history).
     """
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in weights.items()}
     meta = {"sidecar": sidecar}
     if train_state is not None:
         ts = dict(train_state)
-        opt_tensors, meta["optimizer"] = _flatten_optimizer(ts.pop("optimizer"))
-        tensors.update(opt_tensors)
+        if "optimizer" in ts:
+            opt_tensors, meta["optimizer"] = _flatten_optimizer(ts.pop("optimizer"))
+            tensors.update(opt_tensors)
+        if "optimizers" in ts:
+            meta["optimizers"] = {}
+            for name, sd in ts.pop("optimizers").items():
+                opt_tensors, meta["optimizers"][name] = _flatten_optimizer(sd, f"optims/{name}")
+                tensors.update(opt_tensors)
         for name, t in ts.pop("rng", {}).items():
             tensors[f"rng/{name}"] = t.cpu().contiguous()
         for k, v in (ts.pop("ema", None) or {}).items():
@@ -79,7 +86,11 @@ def load_checkpoint(path: str | Path, with_train_state: bool = False) -> dict:
            "sidecar": meta["sidecar"]}
     if with_train_state and "train_state" in meta:
         ts = dict(meta["train_state"])
-        ts["optimizer"] = _unflatten_optimizer(tensors, meta["optimizer"])
+        if "optimizer" in meta:
+            ts["optimizer"] = _unflatten_optimizer(tensors, meta["optimizer"])
+        if "optimizers" in meta:
+            ts["optimizers"] = {name: _unflatten_optimizer(tensors, m, f"optims/{name}")
+                                for name, m in meta["optimizers"].items()}
         ts["rng"] = {k[4:]: v for k, v in tensors.items() if k.startswith("rng/")}
         ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}
         ts["ema"] = ema or None

@@ -10,7 +10,16 @@ from tqdm import tqdm
 
 from ..utils import atomic_write_text
 
-CSV_COLUMNS = ["epoch", "step", "lr", "train/loss", "train/acc", "val/loss", "val/acc", "epoch_s", "img_per_s"]
+FIRST, LAST = ("epoch", "step", "lr"), ("epoch_s", "img_per_s")
+
+
+def columns(history: list[dict]) -> list[str]:
+    """Every key logged in any row (nothing dropped): epoch, step, lr, then train/* and val/* in the order they
+    first appear, then the timing columns."""
+    seen: dict[str, None] = {}
+    for row in history:
+        seen.update(dict.fromkeys(k for k in row if k not in FIRST + LAST))
+    return [*FIRST, *seen, *LAST]
 
 
 class EpochLogger:
@@ -27,14 +36,16 @@ class EpochLogger:
 
     def log(self, history: list[dict], show: bool = False) -> None:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        cols = columns(history)
+        w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
         w.writeheader()
         for row in history:
-            w.writerow({k: _fmt(row.get(k, "")) for k in CSV_COLUMNS})
+            w.writerow({k: _fmt(row.get(k, "")) for k in cols})
         atomic_write_text(self.run_dir / "metrics.csv", buf.getvalue())
         if show and history:
             row = history[-1]
-            parts = [f"{k} {row[k]:.4f}" for k in ("train/loss", "train/acc", "val/loss", "val/acc") if k in row]
+            parts = [f"{k} {v:.4f}" for k, v in row.items()
+                     if k.startswith(("train/", "val/")) and isinstance(v, (int, float))][:6]
             print(f"epoch {row['epoch']}: " + "  ".join(parts) + f"  {row.get('img_per_s', 0):.0f} img/s",
                   file=sys.stderr, flush=True)
         if self.tb is not None and history:

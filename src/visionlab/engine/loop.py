@@ -33,8 +33,8 @@ class FitState:
 class FitContext:
     """Everything fit() needs besides the task and data."""
 
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    optimizers: dict                 # name -> torch.optim.Optimizer ("main" unless the task declares several)
+    schedulers: dict                 # name -> LR scheduler, stepped once per optimizer step
     cfg: object                      # TrainConfig
     run_dir: Path
     device: torch.device
@@ -81,14 +81,18 @@ def train_state(task, ctx: FitContext, state: FitState) -> dict:
     if state.running:       # mid-epoch: store the sums over all ranks (rank 0 carries them on after a resume)
         fit["running"] = {**sum_dict({k: v for k, v in state.running.items() if k != "seconds"}, ctx.dist),
                           "seconds": state.running["seconds"]}
-    return {"optimizer": ctx.optimizer.state_dict(), "scheduler": ctx.scheduler.state_dict(), "rng": rng,
+    return {"optimizers": {k: o.state_dict() for k, o in ctx.optimizers.items()},
+            "schedulers": {k: sc.state_dict() for k, sc in ctx.schedulers.items()}, "rng": rng,
             "ema": ctx.ema.state_dict() if ctx.ema is not None else None, "fit": fit, "world": ctx.dist.world}
 
 
 def restore(task, ctx: FitContext, ts: dict) -> FitState:
     """Restore optimizer, scheduler, EMA and RNG states from a checkpoint's train_state; return the position."""
-    ctx.optimizer.load_state_dict(ts["optimizer"])
-    ctx.scheduler.load_state_dict(ts["scheduler"])
+    optimizers = ts.get("optimizers") or {"main": ts["optimizer"]}       # runs saved before several optimizers
+    schedulers = ts.get("schedulers") or {"main": ts["scheduler"]}
+    for name, opt in ctx.optimizers.items():
+        opt.load_state_dict(optimizers[name])
+        ctx.schedulers[name].load_state_dict(schedulers[name])
     if ctx.ema is not None and ts.get("ema"):
         ctx.ema.load_state_dict(ts["ema"])
     if ts.get("world", 1) != ctx.dist.world:
@@ -124,48 +128,66 @@ def _save_best(task, ctx: FitContext, state: FitState) -> None:
 
 
 def _train_step(task, ctx: FitContext, batch) -> dict:
-    with autocast(ctx.device, ctx.precision):
-        out = task.training_step(batch)
-    loss = out["loss"]
-    ctx.optimizer.zero_grad(set_to_none=True)
-    if ctx.scaler is not None:
-        ctx.scaler.scale(loss).backward()
-        ctx.scaler.unscale_(ctx.optimizer)
+    """One batch: the task's step under autocast; unless the task optimizes manually (it then stepped its own
+    optimizers), backward, clipping and the step of the single optimizer here. Schedules and EMA follow."""
+    if task.manual_optimization:
+        with autocast(ctx.device, ctx.precision):
+            out = task.training_step(batch)
     else:
-        loss.backward()
-    if ctx.cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(task.model.parameters(), ctx.cfg.grad_clip)
-    if ctx.scaler is not None:
-        ctx.scaler.step(ctx.optimizer)
-        ctx.scaler.update()
-    else:
-        ctx.optimizer.step()
-    ctx.scheduler.step()
+        optimizer = next(iter(ctx.optimizers.values()))
+        with autocast(ctx.device, ctx.precision):
+            out = task.training_step(batch)
+        loss = out["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        if ctx.scaler is not None:
+            ctx.scaler.scale(loss).backward()
+            ctx.scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if ctx.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(task.model.parameters(), ctx.cfg.grad_clip)
+        if ctx.scaler is not None:
+            ctx.scaler.step(optimizer)
+            ctx.scaler.update()
+        else:
+            optimizer.step()
+    for scheduler in ctx.schedulers.values():
+        scheduler.step()
     if ctx.ema is not None:
         ctx.ema.update_parameters(unwrap(task.model))
     return out
+
+
+def _add_scalars(run: dict, out: dict, n: int) -> None:
+    """Sum every scalar the step returned (weighted by the batch size) into the epoch's running totals."""
+    for k, v in out.items():
+        if torch.is_tensor(v):
+            if v.numel() != 1:
+                continue
+            v = v.detach().item()
+        if isinstance(v, (int, float)):
+            run[k] = run.get(k, 0.0) + float(v) * n
 
 
 def _run_epoch(task, train_loader, ctx: FitContext, state: FitState) -> None:
     task.model.train()
     task.on_train_epoch_start(state.epoch)      # epoch-dependent settings (unfreezing, progressive size)
     train_loader.set_position(state.epoch, state.batch)
-    run = state.running or {"n": 0, "loss": 0.0, "acc": 0.0, "seconds": 0.0}
+    run = state.running or {"n": 0, "seconds": 0.0}
     bar = progress(train_loader, state, ctx.cfg, enabled=ctx.dist.main)
     t0 = time.perf_counter()
     for batch in bar:
         batch = _to(batch, ctx.device)
-        n = len(batch[-1])
+        n = len(batch[0])                       # images come first in every task's batch
         out = _train_step(task, ctx, batch)
         run["n"] += n
-        run["loss"] += float(out["loss"].detach()) * n
-        run["acc"] += float(out.get("acc", 0.0)) * n
+        _add_scalars(run, out, n)
         state.batch += 1
         state.step += 1
         if state.batch % 25 == 0:
             secs = run["seconds"] + time.perf_counter() - t0
-            bar.set_postfix(loss=f"{run['loss'] / run['n']:.4f}", acc=f"{run['acc'] / run['n']:.4f}",
-                            img_s=f"{run['n'] / max(secs, 1e-9):.0f}", refresh=False)
+            shown = {k: f"{run[k] / run['n']:.4f}" for k in list(out)[:3] if k in run}
+            bar.set_postfix(**shown, img_s=f"{run['n'] / max(secs, 1e-9):.0f}", refresh=False)
         if ctx.cfg.checkpoint_every and state.step % ctx.cfg.checkpoint_every == 0:
             state.running = {**run, "seconds": run["seconds"] + time.perf_counter() - t0}
             _save_last(task, ctx, state)
@@ -184,8 +206,9 @@ def fit(task, train_loader, val_loader, ctx: FitContext, state: FitState | None 
         _run_epoch(task, train_loader, ctx, state)
         seconds = state.running["seconds"]         # rank 0's clock; sums of samples and losses over all ranks
         run = {**sum_dict({k: v for k, v in state.running.items() if k != "seconds"}, ctx.dist), "seconds": seconds}
-        row = {"epoch": state.epoch + 1, "step": state.step, "lr": ctx.optimizer.param_groups[0]["lr"],
-               "train/loss": run["loss"] / max(run["n"], 1), "train/acc": run["acc"] / max(run["n"], 1)}
+        lr = next(iter(ctx.optimizers.values())).param_groups[0]["lr"]
+        row = {"epoch": state.epoch + 1, "step": state.step, "lr": lr}
+        row.update({f"train/{k}": v / max(run["n"], 1) for k, v in run.items() if k not in ("n", "seconds")})
         if val_loader is not None:        # every rank evaluates the whole split: same model, same numbers
             model = ctx.ema.module if ctx.ema is not None else unwrap(task.model)
             vm = evaluate(task, val_loader, ctx.device, ctx.precision, model=model)

@@ -56,13 +56,21 @@ def latest_run_dir(out_dir: str | Path, name: str) -> Path | None:
     return max(cands, key=lambda p: p.stat().st_mtime) if cands else None
 
 
+def _package_version() -> str:
+    """The installed visionlab version (read from the package metadata: the engine never imports the package root)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("visionlab")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def versions() -> dict:
     import numpy
     import torchvision
 
-    from .. import __version__
-
-    return {"visionlab": __version__, "python": platform.python_version(), "torch": torch.__version__,
+    return {"visionlab": _package_version(), "python": platform.python_version(), "torch": torch.__version__,
             "torchvision": torchvision.__version__, "numpy": numpy.__version__}
 
 

@@ -11,7 +11,7 @@ from visionlab import config as C
 from visionlab.engine.rundir import check_name
 from visionlab.experiments import seeds as S
 from visionlab.experiments import stats
-from visionlab.experiments.report import render_html, render_markdown
+from visionlab.views.markup import render_html, render_markdown
 from visionlab.utils import ConfigError, UserError, atomic_write_text, read_json, write_json
 
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")

@@ -13,7 +13,7 @@ from visionlab.data.loaders import build_loader
 from visionlab.engine.precision import autocast
 from visionlab.engine.rundir import unfinished
 from visionlab.experiments import stats
-from visionlab.experiments.report import render_html, render_markdown
+from visionlab.views.markup import render_html, render_markdown
 from visionlab.run import load_run
 from visionlab.utils import ConfigError, UserError, atomic_write_text, read_json, write_json
 
@@ -61,7 +61,7 @@ def _probs(run, images: torch.Tensor, tta: str) -> torch.Tensor:
     """Class probabilities at the run's own evaluation precision (so a member scores what its training reported)."""
     views = [images, images.flip(2)] if tta == "flip" else [images]      # NHWC: dim 2 is the width
     with autocast(run.device, run.precision):
-        return torch.stack([run.task.predict(v.to(run.device)).float().cpu() for v in views]).mean(0)
+        return torch.stack([run.task.predict(v.to(run.device)).probs.float().cpu() for v in views]).mean(0)
 
 
 def member_predictions(runs: list, split: str, tta: str) -> tuple[np.ndarray, np.ndarray]:

@@ -14,8 +14,9 @@ import yaml
 from visionlab import config as C
 from visionlab.engine.lock import check_free
 from visionlab.engine.rundir import check_name, read_status
-from visionlab.experiments import plots, stats
-from visionlab.experiments.report import render_html, render_markdown
+from visionlab.experiments import stats
+from visionlab.views import plots
+from visionlab.views.markup import render_html, render_markdown
 from visionlab.experiments.training import train_and_report
 from visionlab.utils import UserError, atomic_write_text, read_json, write_json
 

@@ -13,7 +13,8 @@ import yaml
 from optuna.trial import TrialState
 
 from visionlab import config as C
-from visionlab.experiments import plots, seeds, stats
+from visionlab.experiments import seeds, stats
+from visionlab.views import plots
 from visionlab.experiments import sweep_space as S
 from visionlab.utils import atomic_write_text, write_json
 
@@ -187,7 +188,7 @@ def render_sweep(sweep_dir: str | Path) -> Path:
     """sweep.md and sweep.html from the files a sweep leaves (sweep.csv, sweep.png, best.yaml, confirm.json)."""
     from collections import Counter
 
-    from visionlab.experiments.report import render_html, render_markdown
+    from visionlab.views.markup import render_html, render_markdown
     from visionlab.utils import read_json
 
     d = Path(sweep_dir)

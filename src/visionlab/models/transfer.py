@@ -119,3 +119,39 @@ def freeze_norm_stats(frozen: list[nn.Module]) -> None:
     for m in frozen:
         if isinstance(m, nn.modules.batchnorm._NormBase):
             m.eval()
+
+
+class TransferSchedule:
+    """The transfer-learning settings every fine-tuning task shares: ``spec`` (model.freeze) frozen from the input
+    side, one more stage released at each of ``unfreeze_epochs`` (1-based), and the backbone at lr x ``lr_mult``."""
+
+    def __init__(self, spec: str = "0", unfreeze_epochs: tuple = (), lr_mult: float = 1.0):
+        self.spec, self.unfreeze_epochs, self.lr_mult = spec, tuple(unfreeze_epochs), lr_mult
+        self.frozen: list[nn.Module] = []
+
+    @classmethod
+    def from_config(cls, cfg) -> "TransferSchedule":
+        """model.freeze, train.unfreeze_epochs and optim.backbone_lr_mult of a Config."""
+        return cls(cfg.model.freeze, tuple(int(e) for e in cfg.train.unfreeze_epochs), cfg.optim.backbone_lr_mult)
+
+    def at_epoch(self, model: nn.Module, epoch: int) -> None:
+        """Freeze what 0-based ``epoch`` keeps frozen (a function of the epoch only, so a resume gets it back);
+        frozen norm layers stay in eval mode while the model trains."""
+        if self.spec in ("0", "0.0", "") and not self.frozen:
+            return
+        released = sum(e <= epoch + 1 for e in self.unfreeze_epochs)
+        self.frozen = frozen_layers(model, self.spec, released)
+        apply_freeze(model, self.frozen)
+        if model.training:
+            freeze_norm_stats(self.frozen)
+
+    def param_groups(self, model: nn.Module, lr: float) -> list[dict]:
+        """Backbone and head groups (backbone at lr x lr_mult); weight decay skips norms and biases. Frozen
+        parameters stay in the optimizer (they get no gradient, so no update) for gradual unfreezing."""
+        backbone, head = split_params(model)
+        groups = []
+        for params, mult in ((backbone, self.lr_mult), (head, 1.0)):
+            extra = {} if mult == 1.0 else {"lr": lr * mult}
+            groups.append({"params": [p for p in params if p.ndim > 1], **extra})
+            groups.append({"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, **extra})
+        return [g for g in groups if g["params"]]

@@ -1,41 +1,59 @@
-"""The Task contract: the science of one task (loss, metrics, prediction); the engine does the rest."""
+"""The Task contract: the only door between the pipeline (run.py, engine, views, CLI, app) and a task family.
+
+A task declares what it needs and does the science (targets, loss, metrics, predictions); the engine does the
+engineering (precision, clipping, checkpoints, resume, logs, DDP). Nothing outside ``tasks/`` knows a task's details:
+the rest of the package asks only what is declared here (no ``getattr`` for anything else). How each family maps on:
+
+- classification: target "label"; val/acc; one optimizer; predictions = class probabilities.
+- segmentation: target "mask" (ignore index 255); val/miou from one accumulated confusion matrix; predictions = masks.
+- detection: target "boxes" + a collate (``collate``); val/map; predictions = boxes, scores, labels.
+- generative models: target "none" ("label" for conditional models); a GAN sets ``manual_optimization`` and returns
+  two optimizer groups ("generator", "discriminator") and steps them itself in ``training_step`` through
+  ``self.optimizers``; ``predict`` samples images (``Prediction.kind == "images"``).
+- semi-supervised: ``streams`` adds "unlabeled" (the task reads it from the batch the loader zips); EMA evaluation.
+- domain generalization: target "label", and the sample's domain travels in the batch as an extra field.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 
+@dataclass
+class Prediction:
+    """Typed predictions for a batch; ``kind`` says which fields are set (views, CLI and app pick their renderer by it).
+
+    classes: ``probs`` [B, C].  masks: ``masks`` int64 [B, H, W] (+ ``probs`` [B, C, H, W]).
+    boxes: ``boxes`` a list per image of {"boxes", "scores", "labels"}.  images: ``images`` uint8 [B, H, W, C]."""
+
+    kind: str
+    probs: torch.Tensor | None = None
+    masks: torch.Tensor | None = None
+    boxes: list | None = None
+    images: torch.Tensor | None = None
+
+
 class Task:
-    """Subclasses set ``primary_metric`` and implement the steps. Batches arrive on the task's device."""
+    """Subclasses set the class attributes and implement the steps. Batches arrive on the task's device as the
+    tuple the loader yields: ``(images uint8 NHWC, target)``, target as ``target`` says."""
 
-    primary_metric: tuple[str, str] = ("val/acc", "max")
-    manual_optimization: bool = False
+    target: str = "label"                       # what a sample's target is: label | mask | boxes | none
+    primary_metric: tuple[str, str] = ("val/acc", "max")   # a logged key and its direction (max | min)
+    manual_optimization: bool = False           # True: training_step steps self.optimizers itself (e.g. a GAN)
+    streams: tuple[str, ...] = ("train",)       # training streams ("unlabeled" too for semi-supervised learning)
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    def __init__(self, model: nn.Module, info, input_size: tuple[int, int]):
+        self.model = model                      # the module evaluated, checkpointed as "best" and exported
+        self.info = info                        # DataInfo actually used (a pretrained backbone brings its mean/std)
+        self.input_size = input_size            # (H, W) the model sees, for FLOP counts and exports
+        self.optimizers: dict = {}              # set by the pipeline: name -> optimizer (manual optimization)
 
-    def training_step(self, batch) -> dict:
-        """Return {"loss": scalar tensor, **other scalars (tensors or floats)} for one training batch."""
-        raise NotImplementedError
-
-    def validation_step(self, batch) -> None:
-        """Update the task's metric accumulators with one evaluation batch (model in eval mode, no grad)."""
-        raise NotImplementedError
-
-    def compute_metrics(self) -> dict:
-        """Metrics accumulated since ``reset_metrics``, as plain floats (plus any lists)."""
-        raise NotImplementedError
-
-    def reset_metrics(self, collect_examples: bool = False) -> None:
-        raise NotImplementedError
-
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC images -> task output (class probabilities for classification)."""
-        raise NotImplementedError
-
-    def on_train_epoch_start(self, epoch: int) -> None:
-        """Called after ``model.train()`` at the start (and resume) of each 0-based epoch; a function of the epoch
-        only, so a resumed run is set up exactly like an uninterrupted one."""
+    # ---- building
+    def optimizer_groups(self, optim_cfg) -> dict[str, list[dict]]:
+        """Parameter groups per optimizer name; one optimizer ("main") unless the task optimizes manually."""
+        return {"main": self.param_groups(optim_cfg)}
 
     def param_groups(self, optim_cfg) -> list[dict]:
         """Parameter groups for the optimizer; weight decay skips norms and biases (1-D tensors)."""
@@ -44,3 +62,46 @@ class Task:
             if p.requires_grad:
                 (no_decay if p.ndim <= 1 else decay).append(p)
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    # ---- training
+    def training_step(self, batch) -> dict:
+        """Return {"loss": scalar tensor, **other scalars}; every key is logged as train/<key>. Under manual
+        optimization the task has stepped its optimizers already and "loss" is only logged."""
+        raise NotImplementedError
+
+    def on_train_epoch_start(self, epoch: int) -> None:
+        """Called after ``model.train()`` at the start (and resume) of each 0-based epoch; a function of the epoch
+        only, so a resumed run is set up exactly like an uninterrupted one."""
+
+    # ---- evaluation
+    def validation_step(self, batch) -> None:
+        """Update the task's metric accumulators with one evaluation batch (model in eval mode, no grad)."""
+        raise NotImplementedError
+
+    def compute_metrics(self) -> dict:
+        """Metrics accumulated since ``reset_metrics``: a flat dict; numbers are logged as val/<key> and test/<key>,
+        lists (per-class tables, confusion matrices) go to summary.json under their own key."""
+        raise NotImplementedError
+
+    def reset_metrics(self, collect_examples: bool = False) -> None:
+        """Forget accumulated metrics; with ``collect_examples`` keep what ``examples`` returns (gallery material)."""
+        raise NotImplementedError
+
+    def examples(self) -> dict | None:
+        """Arrays kept since reset_metrics(collect_examples=True), written to the run as ``errors.npz``: at least
+        "images" (uint8 NHWC), "true", "pred", "conf" (a score per example) and "index" (position in the split)."""
+        return None
+
+    # ---- using the model
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC images -> the model's input (normalised float NCHW), as evaluation prepares it."""
+        raise NotImplementedError
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """uint8 NHWC images -> typed predictions."""
+        raise NotImplementedError
+
+    def export_module(self) -> nn.Module:
+        """A module mapping uint8 NHWC images to the task's raw output tensor (classification logits, segmentation
+        logits), preprocessing inside: what ONNX / TorchScript export."""
+        raise NotImplementedError

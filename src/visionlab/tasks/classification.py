@@ -7,12 +7,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from ..deploy.export import wrap_uint8
 from ..data.transforms import BatchAugment, ProgressiveSchedule, mix_batch
 from ..metrics.classification import ClassificationMetrics
-from ..models.transfer import apply_freeze, freeze_norm_stats, frozen_layers, split_params
+from ..models.transfer import TransferSchedule
 from ..utils import ConfigError
-from .base import Task
+from .base import Prediction, Task
 
 
 @dataclass
@@ -23,18 +25,17 @@ class ClassificationParams:
     mixup: float = 0.0               # MixUp Beta alpha; 0 = off
     mix_prob: float = 1.0            # chance that a batch is mixed when either is on
     max_examples: int = 64           # misclassified test images kept for the report gallery
-    freeze: str = "0"                # backbone layers frozen from the input side: a fraction or "stages:N"
-    unfreeze_epochs: tuple = ()      # 1-based epochs at whose start one more frozen stage is released
-    backbone_lr_mult: float = 1.0    # backbone lr = lr x this (discriminative learning rates)
 
 
 class ClassificationTask(Task):
     primary_metric = ("val/acc", "max")
 
-    def __init__(self, model, params: ClassificationParams, train_tf: BatchAugment, eval_tf: BatchAugment,
+    def __init__(self, model, info, input_size: tuple[int, int], params: ClassificationParams,
+                 train_tf: BatchAugment, eval_tf: BatchAugment, transfer: TransferSchedule,
                  progressive: ProgressiveSchedule | None = None):
-        super().__init__(model)
+        super().__init__(model, info, input_size)
         self.p = params
+        self.transfer = transfer
         self.train_tf, self.eval_tf = train_tf, eval_tf
         self.progressive = progressive
         # full-strength augmentation; progressive resizing scales these down in early stages
@@ -42,19 +43,12 @@ class ClassificationTask(Task):
         self.metrics = ClassificationMetrics(params.num_classes)
         self._examples: list | None = None
         self._seen = 0
-        self._frozen: list = []
         self.on_train_epoch_start(0)      # freeze now, before an optimizer or DDP sees the parameters
 
     def on_train_epoch_start(self, epoch: int) -> None:
         """Set what depends only on the (0-based) epoch, so a resumed run gets it back exactly: the frozen layers
         after gradual unfreezing, and the progressive image size with its augmentation strength."""
-        model = getattr(self.model, "module", self.model)        # under DDP, the wrapped model
-        if self.p.freeze not in ("0", "0.0", "") or self._frozen:
-            released = sum(e <= epoch + 1 for e in self.p.unfreeze_epochs)
-            self._frozen = frozen_layers(model, self.p.freeze, released)
-            apply_freeze(model, self._frozen)
-            if model.training:
-                freeze_norm_stats(self._frozen)
+        self.transfer.at_epoch(getattr(self.model, "module", self.model), epoch)   # under DDP, the wrapped model
         if self.progressive is not None:
             size, reg = self.progressive.at(epoch)
             rotation, padding, cutmix, mixup = self._full_reg
@@ -63,15 +57,7 @@ class ClassificationTask(Task):
             self.p.cutmix, self.p.mixup = cutmix * reg, mixup * reg
 
     def param_groups(self, optim_cfg) -> list[dict]:
-        """Backbone and head groups (the backbone at lr x backbone_lr_mult); weight decay skips norms and biases.
-        Frozen parameters stay in the optimizer (they get no gradient, so no update) for gradual unfreezing."""
-        backbone, head = split_params(getattr(self.model, "module", self.model))
-        groups = []
-        for params, mult in ((backbone, self.p.backbone_lr_mult), (head, 1.0)):
-            extra = {} if mult == 1.0 else {"lr": optim_cfg.lr * mult}
-            groups.append({"params": [p for p in params if p.ndim > 1], **extra})
-            groups.append({"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, **extra})
-        return [g for g in groups if g["params"]]
+        return self.transfer.param_groups(getattr(self.model, "module", self.model), optim_cfg.lr)
 
     def training_step(self, batch) -> dict:
         images, labels = batch
@@ -120,9 +106,15 @@ class ClassificationTask(Task):
         return {"images": imgs, "true": true.astype(np.int64), "pred": pred.astype(np.int64),
                 "conf": conf.astype(np.float32), "index": index.astype(np.int64)}
 
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        return self.eval_tf(images)
+
     @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(self.eval_tf(images)).float().softmax(1)
+    def predict(self, images: torch.Tensor) -> Prediction:
+        return Prediction("classes", probs=self.model(self.eval_tf(images)).float().softmax(1))
+
+    def export_module(self) -> nn.Module:
+        return wrap_uint8(self.model, self.eval_tf)
 
 
 def build_classification(cfg, info, generator: torch.Generator) -> ClassificationTask:
@@ -130,13 +122,16 @@ def build_classification(cfg, info, generator: torch.Generator) -> Classificatio
 
     Transfer learning lives here: pretrained preprocessing (mean, std, input size), freezing, discriminative
     learning rates and progressive resizing. The task's ``info`` carries the normalization actually used."""
-    from ..models import build_model, resolve_stem
+    from ..models import SEGMENTATION_MODELS, build_model, resolve_stem
 
     if info.num_classes < 2:
         raise ConfigError(f"data.name={cfg.data.name}: {info.num_classes} class ({', '.join(info.classes)}); "
                           "classification needs at least 2 classes (one class scores 100 % without learning): "
                           "choose a dataset with two or more classes")
     m, d, t = cfg.model, cfg.data, cfg.train
+    if m.name in SEGMENTATION_MODELS or info.target != "label":
+        raise ConfigError(f"task=classification with model.name={m.name} and data.name={d.name}: a segmentation "
+                          "model or mask dataset needs task=segmentation")
     size = info.image_size[0]
     # resolved once and stored in the sidecar, so load_run (which rebuilds without pretrained) gets the same network
     m.stem = resolve_stem(m.stem, m.input_size or size, m.pretrained)
@@ -149,16 +144,13 @@ def build_classification(cfg, info, generator: torch.Generator) -> Classificatio
                             hflip=d.hflip, normalize=d.normalize, generator=generator, size=m.input_size)
     eval_tf = BatchAugment(info.mean, info.std, train=False, normalize=d.normalize, size=m.input_size)
     params = ClassificationParams(num_classes=info.num_classes, label_smoothing=t.label_smoothing,
-                                  cutmix=d.cutmix, mixup=d.mixup, mix_prob=d.mix_prob, freeze=m.freeze,
-                                  unfreeze_epochs=tuple(int(e) for e in t.unfreeze_epochs),
-                                  backbone_lr_mult=cfg.optim.backbone_lr_mult)
+                                  cutmix=d.cutmix, mixup=d.mixup, mix_prob=d.mix_prob)
     progressive = None
     if t.progressive_stages:
         progressive = ProgressiveSchedule(t.progressive_stages, t.epochs, input_size, t.progressive_min_size,
                                           t.progressive_min_reg)
-    task = ClassificationTask(model, params, train_tf, eval_tf, progressive)
-    task.info, task.input_size = info, (input_size, input_size)
-    return task
+    return ClassificationTask(model, info, (input_size, input_size), params, train_tf, eval_tf,
+                              TransferSchedule.from_config(cfg), progressive)
 
 
 def default_image_size(cfg) -> int | None:

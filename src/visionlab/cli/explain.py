@@ -1,8 +1,8 @@
 """CLI mode `visionlab explain RUN_DIR IMAGE... [method=gradcam|cam] [layer=NAME] [class=NAME|pred] [out=DIR]`."""
 from __future__ import annotations
 
-from .cli_args import split_options
-from .utils import ConfigError, UserError
+from .args import split_options
+from ..utils import ConfigError, UserError
 
 USAGE = "usage: visionlab explain RUN_DIR IMAGE [IMAGE ...] [method=gradcam|cam] [layer=NAME] [class=NAME|pred] " \
         "[out=DIR]"
@@ -11,8 +11,8 @@ OPTIONS = ("method", "layer", "class", "out")
 
 def cmd_explain(args: list[str]) -> int:
     """Write a heatmap overlay PNG per image (default folder RUN_DIR/explain) and print the paths."""
-    from .experiments.cam_gallery import explain_images
-    from .explain import METHODS
+    from ..views.cam_gallery import explain_images
+    from ..explain import METHODS
 
     pos, kv = split_options(args, "explain", OPTIONS, USAGE)
     if len(pos) < 2:

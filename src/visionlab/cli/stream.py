@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_args import split_options
-from .utils import ConfigError, UserError
+from .args import split_options
+from ..utils import ConfigError, UserError
 
 USAGE = ("usage: visionlab stream SOURCE [run=RUN_DIR] [backend=eager|torchscript|onnx|onnx-int8] "
          "[detector=hog|haar|mtcnn|none]\n"
@@ -45,9 +45,9 @@ def _sizes(text: str | None, parse) -> list:
 def cmd_stream(args: list[str]) -> int:
     """Run a detector and/or a run's classifier over SOURCE; print the per-stage table and write OUT/stream.mp4,
     frames.csv and stream.json. sweep=true: capture size x input size -> true FPS and detections (sweep.md)."""
-    from .deploy.stream import format_summary
-    from .deploy.video import parse_size
-    from .experiments import stream_run
+    from ..deploy.stream import format_summary
+    from ..deploy.video import parse_size
+    from ..views import stream_run
 
     pos, kv = split_options(args, "stream", OPTIONS, USAGE)
     if len(pos) != 1:

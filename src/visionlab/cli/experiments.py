@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .utils import ConfigError, UserError, read_json
+from ..utils import ConfigError, UserError, read_json
 
 USAGE_SEEDS = "usage: visionlab seeds [CONFIG.yaml] [n=5] [key=value ...]"
 USAGE_COMPARE = "usage: visionlab compare COMPARE.yaml [n=5] [metric=test/acc] [key=value ...]"
@@ -45,7 +45,7 @@ def _text_table(header: list[str], rows: list[list[str]]) -> str:
 
 def cmd_seeds(args: list[str]) -> int:
     """Train seeds 0..n-1 of a config (skipping finished, resuming interrupted ones) and report mean/std/CI."""
-    from .experiments import seeds
+    from ..experiments import seeds
 
     cfg_path, opts, overrides = _parse(args, ("n",), USAGE_SEEDS)
     n = _int(opts.get("n", "5"), "n")
@@ -63,7 +63,7 @@ def cmd_seeds(args: list[str]) -> int:
 
 def cmd_compare(args: list[str]) -> int:
     """Train every variant of a COMPARE.yaml over n seeds and report differences to the baseline."""
-    from .experiments import compare
+    from ..experiments import compare
 
     path, opts, overrides = _parse(args, ("n", "metric"), USAGE_COMPARE)
     if path is None:
@@ -84,8 +84,8 @@ USAGE_ENSEMBLE = ("usage: visionlab ensemble RUN_DIR|SEEDS_DIR [RUN_DIR ...] [vo
 
 def cmd_ensemble(args: list[str]) -> int:
     """Evaluate an ensemble of finished runs against its members' mean +- std."""
-    from .cli_args import split_options
-    from .experiments.ensemble import VOTES, ensemble
+    from .args import split_options
+    from ..experiments.ensemble import VOTES, ensemble
 
     pos, kv = split_options(args, "ensemble", ("vote", "tta", "split", "out"), USAGE_ENSEMBLE)
     if not pos:

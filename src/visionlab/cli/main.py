@@ -5,14 +5,14 @@ import errno
 import sys
 from pathlib import Path
 
-from .utils import ConfigError, UserError
+from ..utils import ConfigError, UserError
 
 USAGE = """usage: visionlab MODE [CONFIG.yaml] [key=value ...]
 
 modes:
   train [CONFIG.yaml] [key=value ...]    train a run (no config: the embedded MNIST-5k demo); resume=RUN_DIR continues
   eval RUN_DIR [split=test|val|train]    re-evaluate the best checkpoint
-  predict RUN_DIR IMAGE... [topk=5]      top-k classes per image
+  predict RUN_DIR IMAGE... [topk=5] [out=DIR]   top-k classes per image; masks: mask + overlay PNGs in DIR
   report DIR                             regenerate the report of a run, seeds, compare or sweep folder
   explain RUN_DIR IMAGE... [method=gradcam|cam] [layer=NAME] [class=NAME|pred] [out=DIR]   CAM / Grad-CAM overlays
   similar RUN_DIR IMAGE [k=8] [metric=cosine|euclidean] [out=DIR]   nearest training images, as a grid
@@ -56,7 +56,7 @@ def _split_args(args: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def cmd_train(args: list[str]) -> int:
-    from . import api
+    from .. import api
 
     cfg_path = args[0] if args and args[0].endswith((".yaml", ".yml")) else None
     overrides = args[1:] if cfg_path else args
@@ -68,22 +68,22 @@ def cmd_train(args: list[str]) -> int:
         result = api.train(cfg_path, overrides)
     except OSError as e:                # some writes (a full disk at fsync) do not say which file: name the folder
         if e.filename is None and e.errno in FS_FIXES:
-            from .config import load_config
+            from ..config import load_config
 
             raise OSError(e.errno, e.strerror, load_config(cfg_path, overrides).out_dir) from None
         raise
     s = result.summary
     if not s:                           # a distributed worker other than rank 0: rank 0 reports
         return 0
-    print(f"test/acc={s['test/acc']:.4f} test/top5={s['test/top5']:.4f} test/loss={s['test/loss']:.4f} "
-          f"params={s['params']} train_s={s['timings']['train_s']:.1f}")
+    shown = [f"{k}={v:.4f}" for k, v in s.items() if k.startswith("test/") and isinstance(v, (int, float))][:4]
+    print(" ".join(shown) + f" params={s['params']} train_s={s['timings']['train_s']:.1f}")
     print(f"report: {result.run_dir / 'report.html'}")
     print(result.run_dir)
     return 0
 
 
 def cmd_eval(args: list[str]) -> int:
-    from . import api
+    from .. import api
 
     pos, kv = _split_args(args)
     if len(pos) != 1:
@@ -97,24 +97,27 @@ def cmd_eval(args: list[str]) -> int:
 
 
 def cmd_predict(args: list[str]) -> int:
-    from . import api
+    from .. import api
+    from ..views.tasks import view_for
 
     pos, kv = _split_args(args)
     if len(pos) < 2:
-        raise UserError("usage: visionlab predict RUN_DIR IMAGE [IMAGE ...] [topk=5]")
-    topk = _int(kv.pop("topk", "5"), "topk", minimum=1)
+        raise UserError("usage: visionlab predict RUN_DIR IMAGE [IMAGE ...] [topk=5] [out=DIR]")
+    topk = _int(kv.pop("topk", "5"), "topk")
+    out = kv.pop("out", "")
     _reject_unknown(kv)
-    for image in pos[1:]:
-        if not Path(image).is_file():
-            raise UserError(f"{image}: " + ("is a folder; pass image files (e.g. FOLDER/*.jpg)" if Path(image).is_dir()
-                                            else "image not found; check the path"))
-    for image, top in zip(pos[1:], api.predict(pos[0], pos[1:], topk=topk)):
-        print(image + "\t" + "  ".join(f"{c}:{p:.3f}" for c, p in top))
+    if topk < 1:
+        raise ConfigError(f"topk={topk} is out of range: it must be >= 1; e.g. topk=5")
+    run = api.load_run(pos[0])
+    results = [api.predict(run, [image], topk=topk)[0] for image in pos[1:]]   # images may differ in size
+    out_dir = Path(out) if out else Path(pos[0]) / "predictions"
+    for line in view_for(run.cfg.task).show_predictions(results, pos[1:], out_dir):
+        print(line)
     return 0
 
 
 def cmd_report(args: list[str]) -> int:
-    from . import api
+    from .. import api
 
     if len(args) != 1:
         raise UserError("usage: visionlab report RUN_DIR")
@@ -123,13 +126,13 @@ def cmd_report(args: list[str]) -> int:
 
 
 def cmd_cfg(args: list[str]) -> int:
-    from . import config as C
+    from .. import config as C
 
     if args:
         cfg_path = args[0] if args[0].endswith((".yaml", ".yml")) else None
         print(C.dump_yaml(C.load_config(cfg_path, args[1:] if cfg_path else args)), end="")
         return 0
-    from .models import MODELS
+    from ..models import MODELS
 
     for key, typ, default, help_ in C.fields_table():
         shown = "''" if default == "" else str(default)
@@ -139,11 +142,11 @@ def cmd_cfg(args: list[str]) -> int:
 
 
 def cmd_data(args: list[str]) -> int:
-    from .data import check, split
+    from ..data import check, folder, split
 
     pos, kv = _split_args(args)
     if pos and pos[0] in ("crop", "faces", "balance"):
-        from . import cli_data
+        from . import data as cli_data
 
         rest = list(args)
         rest.remove(pos[0])
@@ -160,7 +163,7 @@ def cmd_data(args: list[str]) -> int:
     seed = _int(kv.pop("seed", "0"), "seed")
     out = kv.pop("out", str(Path(root).name + "_split.csv"))
     _reject_unknown(kv)
-    print(split.split_folder(root, ratios, seed, out))
+    print(folder.split_folder(root, ratios, seed, out))
     return 0
 
 
@@ -201,18 +204,18 @@ def _lazy(module: str, name: str):
     def run(args: list[str]) -> int:
         from importlib import import_module
 
-        return getattr(import_module(f"visionlab.{module}"), name)(args)
+        return getattr(import_module(f"visionlab.cli.{module}"), name)(args)
 
     return run
 
 
 MODES = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "cfg": cmd_cfg,
          "data": cmd_data,
-         "seeds": _lazy("cli_experiments", "cmd_seeds"), "compare": _lazy("cli_experiments", "cmd_compare"),
-         "ensemble": _lazy("cli_experiments", "cmd_ensemble"), "sweep": _lazy("cli_sweep", "cmd_sweep"),
-         "explain": _lazy("cli_explain", "cmd_explain"), "similar": _lazy("cli_similar", "cmd_similar"),
-         "app": _lazy("cli_app", "cmd_app"), "export": _lazy("cli_deploy", "cmd_export"),
-         "bench": _lazy("cli_deploy", "cmd_bench"), "stream": _lazy("cli_stream", "cmd_stream")}
+         "seeds": _lazy("experiments", "cmd_seeds"), "compare": _lazy("experiments", "cmd_compare"),
+         "ensemble": _lazy("experiments", "cmd_ensemble"), "sweep": _lazy("sweep", "cmd_sweep"),
+         "explain": _lazy("explain", "cmd_explain"), "similar": _lazy("similar", "cmd_similar"),
+         "app": _lazy("app", "cmd_app"), "export": _lazy("deploy", "cmd_export"),
+         "bench": _lazy("deploy", "cmd_bench"), "stream": _lazy("stream", "cmd_stream")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     mode, args = argv[0], argv[1:]
     if mode not in MODES:
-        from .utils import closest
+        from ..utils import closest
 
         hint = closest(mode, MODES)
         print(f"error: unknown mode {mode!r}" + (f"; did you mean {hint!r}?" if hint else "") + "\n\n" + USAGE,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from visionlab.deploy.latency import bf16_note, machine_info, measure
-from visionlab.experiments.export_run import as_run, runner
+from visionlab.views.export_run import as_run, runner
 from visionlab.utils import UserError, atomic_write_text, write_json
 
 BACKENDS = ("eager-fp32", "eager-bf16-cl", "torchscript", "onnx", "onnx-int8")
@@ -19,13 +19,12 @@ LABELS = {"eager-fp32": "eager fp32", "eager-bf16-cl": "eager channels_last + bf
 
 def _bf16_runner(run):
     """The eval path with the model in channels_last and bf16 autocast (a copy: the run's model stays fp32)."""
-    model = copy.deepcopy(run.model).to(memory_format=torch.channels_last).eval()
+    module = copy.deepcopy(run.task.export_module()).to(memory_format=torch.channels_last).eval()
 
     @torch.inference_mode()
     def fn(images: np.ndarray) -> np.ndarray:
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            x = run.task.eval_tf(torch.from_numpy(images))
-            return model(x).float().numpy()
+            return module(torch.from_numpy(images)).float().numpy()
 
     return fn
 

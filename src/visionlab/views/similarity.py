@@ -49,7 +49,7 @@ def _images(split, rows, preprocess: dict) -> tuple[np.ndarray, list[int]]:
 def _features(run: LoadedRun, images: np.ndarray) -> np.ndarray:
     """float32 [N, D] features; 4-D feature maps are global-average-pooled."""
     run.model.eval()
-    x = run.task.eval_tf(torch.from_numpy(np.array(images)).to(run.device))
+    x = run.task.model_input(torch.from_numpy(np.array(images)).to(run.device))
     f = run.model.forward_features(x)
     f = f.mean(dim=(2, 3)) if f.dim() == 4 else torch.flatten(f, 1)
     return f.float().cpu().numpy()

@@ -13,12 +13,12 @@ import numpy as np
 import yaml
 
 from visionlab.engine.rundir import unfinished
-from visionlab.experiments import plots
+from visionlab.views import plots
+from visionlab.views.markup import fmt as _fmt
+from visionlab.views.markup import render_html, render_markdown
+from visionlab.views.tasks import view_for
 from visionlab.utils import UserError, atomic_write_text
 
-METRICS = (("acc", "top-1 accuracy", "pct"), ("top5", "top-5 accuracy", "pct"), ("loss", "loss", "f4"),
-           ("ece", "ECE", "f4"), ("macro_f1", "macro-F1", "f4"))
-CSV_COLUMNS = ("epoch", "step", "lr", "train/loss", "train/acc", "val/loss", "val/acc", "epoch_s", "img_per_s")
 ERROR_KEYS = ("images", "true", "pred", "conf")
 
 
@@ -109,26 +109,6 @@ def load_run_files(run_dir: str | os.PathLike) -> dict:
 
 # ---------------------------------------------------------------- formatting
 
-def _fmt(v, kind: str = "") -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "\u2013"
-    if kind == "pct":
-        return f"{100 * float(v):.2f}%"
-    if kind == "f4":
-        return f"{float(v):.4f}"
-    if kind == "int":
-        return f"{int(v):,}"
-    if kind == "flop":
-        v = float(v)
-        for prefix, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-            if abs(v) >= scale:
-                return f"{v / scale:.2f} {prefix}FLOP"
-        return f"{v:g} FLOP"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def _cfg_get(cfg: dict, *keys):
     for k in keys:
         if not isinstance(cfg, dict):
@@ -143,23 +123,40 @@ def _classes(summary: dict) -> list[str]:
     return classes + [str(i) for i in range(len(classes), c)]
 
 
+def _task(info: dict) -> str:
+    return info["summary"].get("task") or _cfg_get(info["config"], "task") or "classification"
+
+
+def _metric_rows(info: dict, split_keys: set[str]) -> list[tuple[str, str, str]]:
+    """(metric, label, kind) for the headline: the task view's own order first, then any other number logged."""
+    known = list(view_for(_task(info)).headline)
+    names = {m for m, _, _ in known}
+    extra = sorted(k for k in split_keys if k not in names)
+    return [r for r in known if r[0] in split_keys] + [(k, k, "f4") for k in extra]
+
+
 # ---------------------------------------------------------------- building the report (format-neutral blocks)
 
 def _headline(info: dict) -> list:
     s, split = info["summary"], info["summary"].get("split", "test")
     sources = [(split, s, split)] + [(name, d, name) for name, d in info["evals"].items()]
-    sources = [src for src in sources if any(f"{src[2]}/{m}" in src[1] for m, _, _ in METRICS)]
-    if not sources:
+    keys = {k.split("/", 1)[1] for _, d, p in sources for k, v in d.items()
+            if k.startswith(p + "/") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    sources = [src for src in sources if any(k.startswith(src[2] + "/") for k in src[1])]
+    if not sources or not keys:
         return [("text", "No evaluation metrics in summary.json.")]
     header = ["metric"] + [name for name, _, _ in sources]
-    rows = [[label] + [_fmt(d.get(f"{p}/{m}"), kind) for _, d, p in sources] for m, label, kind in METRICS]
+    rows = [[label] + [_fmt(d.get(f"{p}/{m}"), kind) for _, d, p in sources]
+            for m, label, kind in _metric_rows(info, keys)]
     return [("table", header, rows)]
 
 
 def _training(info: dict) -> list:
     s, t = info["summary"], info["summary"].get("timings") or {}
+    primary = s.get("primary_metric", "val/acc")
+    kinds = {m: kind for m, _, kind in view_for(_task(info)).headline}
     kv = [("epochs run", _fmt(s.get("epochs_run"))), ("best epoch", _fmt(s.get("best_epoch"))),
-          ("best val accuracy", _fmt(s.get("best/val/acc"), "pct")),
+          (f"best {primary}", _fmt(s.get(f"best/{primary}"), kinds.get(primary.split("/")[-1], "f4"))),
           ("train time (s)", _fmt(t.get("train_s"))), ("eval time (s)", _fmt(t.get("eval_s"))),
           ("train throughput (img/s)", _fmt(t.get("train_img_per_s"))),
           ("batch size", _fmt(_cfg_get(info["config"], "train", "batch_size"))),
@@ -168,23 +165,10 @@ def _training(info: dict) -> list:
     blocks = [("table", ["item", "value"], [list(r) for r in kv if r[1] != "\u2013"])]
     rows = info["metrics"]
     if rows:
-        cols = [c for c in CSV_COLUMNS if any(r.get(c) is not None for r in rows)]
-        kinds = {"train/acc": "pct", "val/acc": "pct", "train/loss": "f4", "val/loss": "f4"}
-        blocks.append(("table", cols, [[_fmt(r.get(c), kinds.get(c, "")) for c in cols] for r in rows]))
+        cols = [c for c in rows[0] if any(r.get(c) is not None for r in rows)]
+        kind = {c: kinds.get(c.split("/", 1)[-1], "f4") for c in cols if "/" in c}
+        blocks.append(("table", cols, [[_fmt(r.get(c), kind.get(c, "")) for c in cols] for r in rows]))
     return blocks
-
-
-def _per_class(info: dict, classes: list[str]) -> list:
-    pcs = info["summary"].get("per_class") or []
-    if not pcs:
-        return [("text", "No per-class metrics in summary.json.")]
-    rows = []
-    for pc in pcs:
-        i = pc.get("index")
-        name = classes[i] if isinstance(i, int) and 0 <= i < len(classes) else str(i)
-        rows.append([name, _fmt(pc.get("precision"), "pct"), _fmt(pc.get("recall"), "pct"),
-                     _fmt(pc.get("f1"), "f4"), _fmt(pc.get("support"), "int")])
-    return [("table", ["class", "precision", "recall", "F1", "support"], rows)]
 
 
 def _data(info: dict, classes: list[str]) -> list:
@@ -229,15 +213,17 @@ def _deploy(info: dict) -> list:
     """Export parity (export.json) and latency (bench.json) tables, when those files exist."""
     blocks, ex, bench = [], info.get("export"), info.get("bench")
     if isinstance(ex, dict) and ex:
-        rows = [[fmt, _fmt(r.get("eager_top1"), "pct"), _fmt(r.get("top1"), "pct"),
+        done = {f: r for f, r in ex.items() if isinstance(r, dict)}
+        m = next((r["metric"] for r in done.values() if r.get("metric")), "top1")
+        rows = [[fmt, _fmt(r.get(f"eager_{m}"), "pct"), _fmt(r.get(m), "pct"),
                  f"{r['diff_points']:+.2f}" if isinstance(r.get("diff_points"), (int, float)) else "\u2013",
                  _fmt(r.get("agree"), "pct"), _fmt(r.get("max_abs_logit_diff")), str(r.get("file", ""))]
-                for fmt, r in ex.items() if isinstance(r, dict)]
-        blocks += [("text", "Accuracy parity on the test split: eager fp32 vs the exported file (uint8 NHWC input)."),
-                   ("table", ["format", "eager top-1", "export top-1", "diff (points)", "same argmax",
+                for fmt, r in done.items()]
+        blocks += [("text", f"{m} parity on the test split: eager fp32 vs the exported file (uint8 NHWC input)."),
+                   ("table", ["format", f"eager {m}", f"export {m}", "diff (points)", "same argmax",
                               "max |logit diff|", "file"], rows)]
     if isinstance(bench, dict) and bench.get("results"):
-        from visionlab.experiments.bench_run import bench_table, machine_line   # lazy: needs torch and run.py
+        from visionlab.views.bench_run import bench_table, machine_line   # lazy: needs torch and run.py
 
         header, rows = bench_table(bench)
         blocks += [("text", f"Latency per batch on {machine_line(bench)}."), ("table", header, rows)]
@@ -250,13 +236,9 @@ def _write_plots(info: dict, classes: list[str]) -> dict:
         plots.plot_confusion(s["confusion"], classes, run_dir / "confusion_matrix.png")
         written["confusion"] = "confusion_matrix.png"
     if info["metrics"]:
-        plots.plot_curves(info["metrics"], run_dir / "curves.png")
-        written["curves"] = "curves.png"
-    e = info["errors"]
-    if e is not None and len(e["images"]):
-        k = plots.plot_errors(e["images"], e["true"], e["pred"], e["conf"], classes, run_dir / "errors.png",
-                              names=e["names"])
-        written["errors"] = ("errors.png", k, len(e["images"]))
+        metric = s.get("primary_metric", "val/acc").split("/", 1)[-1]
+        plots.plot_curves(info["metrics"], run_dir / "curves.png", metric=metric)
+        written["curves"] = ("curves.png", metric)
     return written
 
 
@@ -278,20 +260,13 @@ def build_sections(info: dict, images: dict) -> tuple[str, list]:
                 ] if info.get("unfinished") else []
     sections += [("Overview", [("table", ["item", "value"], [[k, str(v)] for k, v in overview if v is not None])]),
                 ("Results", _headline(info)),
-                ("Training", _training(info)), ("Per-class metrics", _per_class(info, classes))]
+                ("Training", _training(info))]
+    if "curves" in images:
+        file, metric = images["curves"]
+        sections.append(("Training curves", [("image", file, f"loss and {metric} per epoch")]))
     if "confusion" in images:
         sections.append(("Confusion matrix", [("image", images["confusion"], "confusion matrix")]))
-    if "curves" in images:
-        sections.append(("Training curves", [("image", images["curves"], "loss and accuracy per epoch")]))
-    if "errors" in images:
-        file, k, total = images["errors"]
-        sections.append(("Misclassified test images",
-                         [("text", f"Showing {k} of {total} stored errors (true -> predicted (confidence))."),
-                          ("image", file, "misclassified images")]))
-    if (info["run_dir"] / "cam_gallery.png").is_file():
-        sections.append(("Class activation maps",
-                         [("text", "Grad-CAM heatmaps per class: correct (left) and wrong (right) test predictions."),
-                          ("image", "cam_gallery.png", "Grad-CAM gallery")]))
+    sections += view_for(_task(info)).sections(info, classes)       # the task's own tables and galleries
     sim = _similarity(info["run_dir"])
     if sim:
         sections.append(("Similarity search", sim))
@@ -306,73 +281,6 @@ def build_sections(info: dict, images: dict) -> tuple[str, list]:
     return title, sections
 
 
-# ---------------------------------------------------------------- rendering
-
-def _md_cell(text: str) -> str:
-    return re.sub(r"([\\|<`])", r"\\\1", str(text)).replace("\n", " ")
-
-
-def _md_code(text: str) -> str:
-    ticks = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{ticks}{pad}{text}{pad}{ticks}"
-
-
-def render_markdown(title: str, sections: list) -> str:
-    """Markdown text for ``build_sections`` output."""
-    out = [f"# {_md_cell(title)}", ""]
-    for heading, blocks in sections:
-        out += [f"## {_md_cell(heading)}", ""]
-        for b in blocks:
-            if b[0] == "text":
-                out += [_md_cell(b[1]), ""]
-            elif b[0] == "table":
-                out.append("| " + " | ".join(_md_cell(h) for h in b[1]) + " |")
-                out.append("|" + "|".join("---" for _ in b[1]) + "|")
-                out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b[2]]
-                out.append("")
-            elif b[0] == "list":
-                out += [f"- {_md_code(k) + ': ' if k else ''}{_md_cell(v)}" for k, v in b[1]] + [""]
-            elif b[0] == "image":
-                out += [f"![{_md_cell(b[2])}]({b[1]})", ""]
-            elif b[0] == "code":
-                fence = "`" * max(3, max((len(m) for m in re.findall(r"`+", b[1])), default=0) + 1)
-                out += [f"{fence}yaml", b[1].rstrip("\n"), fence, ""]
-    return "\n".join(out)
-
-
-CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
-color:#222}h1{border-bottom:2px solid #ddd;padding-bottom:.3em}h2{margin-top:1.6em;border-bottom:1px solid #eee}
-table{border-collapse:collapse;margin:.8em 0;font-size:.92em}th,td{border:1px solid #ddd;padding:.3em .7em;
-text-align:right}th{background:#f4f6f8}td:first-child,th:first-child{text-align:left}tr:nth-child(even){background:#fafafa}
-img{max-width:100%;border:1px solid #eee}pre{background:#f6f8fa;padding:1em;overflow:auto}code{font-size:.95em}"""
-
-
-def render_html(title: str, sections: list) -> str:
-    """Self-contained HTML (inline CSS; images by relative file name) for ``build_sections`` output."""
-    e = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{e(title)}</title><style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
-    for heading, blocks in sections:
-        out.append(f"<h2>{e(heading)}</h2>")
-        for b in blocks:
-            if b[0] == "text":
-                out.append(f"<p>{e(b[1])}</p>")
-            elif b[0] == "table":
-                out.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in b[1]) + "</tr></thead><tbody>")
-                out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b[2]]
-                out.append("</tbody></table>")
-            elif b[0] == "list":
-                out.append("<ul>" + "".join(f"<li>{'<code>' + e(k) + '</code>: ' if k else ''}{e(v)}</li>"
-                                            for k, v in b[1]) + "</ul>")
-            elif b[0] == "image":
-                out.append(f'<p><img src="{e(b[1])}" alt="{e(b[2])}"></p>')
-            elif b[0] == "code":
-                out.append(f"<pre><code>{e(b[1])}</code></pre>")
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
-
-
 def write_report(run_dir: str | os.PathLike) -> Path:
     """Regenerate plots, report.md and report.html in ``run_dir``; returns the path of report.html.
 
@@ -385,31 +293,3 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     atomic_write_text(info["run_dir"] / "report.md", render_markdown(title, sections))
     atomic_write_text(info["run_dir"] / "report.html", render_html(title, sections))
     return info["run_dir"] / "report.html"
-
-
-def render_any(path: str | os.PathLike) -> Path:
-    """Regenerate the report of any results folder: a comparison (compare.json), a seeds folder (seeds.json), a sweep
-    (sweep.csv) or a single run (summary.json / config.yaml); returns the HTML path."""
-    path = Path(path)
-    if (path / "compare.json").is_file():
-        from visionlab.experiments.compare import render_compare   # lazy: compare imports this module's renderers
-
-        return render_compare(path)
-    if (path / "seeds.json").is_file():
-        from visionlab.experiments.seeds import render_seeds
-
-        return render_seeds(path)
-    if (path / "ensemble.json").is_file():
-        from visionlab.experiments.ensemble import render_ensemble
-
-        return render_ensemble(path)
-    if (path / "sweep.csv").is_file():
-        from visionlab.experiments.sweep_report import render_sweep
-
-        return render_sweep(path)
-    if not path.is_dir():
-        raise UserError(f"run directory not found: {path}")
-    if not ((path / "summary.json").is_file() or (path / "config.yaml").is_file()):
-        raise UserError(f"{path}: no summary.json, seeds.json or compare.json; pass a folder made by "
-                        "`visionlab train`, `visionlab seeds` or `visionlab compare`")
-    return write_report(path)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli_args import split_options
-from .utils import ConfigError, UserError
+from .args import split_options
+from ..utils import ConfigError, UserError
 
 USAGE = "usage: visionlab similar RUN_DIR IMAGE [k=8] [metric=cosine|euclidean] [out=DIR]\n" \
         "       visionlab similar RUN_DIR eval [k=10] [metric=cosine|euclidean]"
@@ -22,10 +22,10 @@ def _parse(args: list[str]) -> tuple[list[str], dict]:
 def cmd_similar(args: list[str]) -> int:
     """Print the k nearest train images of IMAGE and write a PNG grid, or (IMAGE = eval) print recall@k and mAP@k
     of the test split against the train split. The index is built on first use under RUN_DIR/similarity."""
-    from .experiments.report import write_report
-    from .experiments.similarity import evaluate_retrieval, neighbours, similar
-    from .run import load_run
-    from .search import METRICS
+    from ..views.report import write_report
+    from ..views.similarity import evaluate_retrieval, neighbours, similar
+    from ..run import load_run
+    from ..search import METRICS
 
     (run_dir, image), kv = _parse(args)
     metric = kv.get("metric", "cosine")

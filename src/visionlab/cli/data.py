@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .utils import ConfigError, UserError, closest
+from ..utils import ConfigError, UserError, closest
 
 USAGE_CROP = ("usage: visionlab data crop SRC OUT [format=auto|voc|coco|yolo] [margin=0.0] [pad_square=false] "
               "[size=0] [min_size=0] [names=FILE.yaml] [images=DIR]")
@@ -63,7 +63,7 @@ def _parse(args: list[str], spec: dict, usage: str) -> tuple[str, str, dict]:
 
 def cmd_crop(args: list[str]) -> int:
     """`visionlab data crop SRC OUT ...`: one image per labelled box, in class folders."""
-    from .data.crop import crop_dataset, format_report
+    from ..data.crop import crop_dataset, format_report
 
     spec = {"format": (_choice("auto", "voc", "coco", "yolo"), "auto"), "margin": (_number(float, "0.1"), 0.0),
             "pad_square": (_bool, False), "size": (_number(int, "64"), 0), "min_size": (_number(int, "8"), 0),
@@ -78,8 +78,8 @@ def cmd_crop(args: list[str]) -> int:
 
 def cmd_faces(args: list[str]) -> int:
     """`visionlab data faces SRC OUT ...`: one image per detected face, keeping class folders."""
-    from .data.crop import format_report
-    from .data.faces import crop_faces
+    from ..data.crop import format_report
+    from ..data.faces import crop_faces
 
     spec = {"detector": (_choice("haar", "mtcnn"), "haar"), "margin": (_number(float, "0.2"), 0.2),
             "pad_square": (_bool, True), "size": (_number(int, "112"), 0), "min_size": (_number(int, "20"), 20),
@@ -93,7 +93,7 @@ def cmd_faces(args: list[str]) -> int:
 
 def cmd_balance(args: list[str]) -> int:
     """`visionlab data balance SRC OUT ...`: cap or oversample classes; prints counts before and after."""
-    from .data.balance import balance_folder, format_balance
+    from ..data.balance import balance_folder, format_balance
 
     spec = {"max_per_class": (_number(int, "100", minimum=1), None),
             "mode": (_choice("auto", "cap", "oversample"), "auto"),

@@ -1,33 +1,24 @@
 """Explanations of a run: Grad-CAM / CAM overlays for image files, and the report's per-class cam_gallery.png."""
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from visionlab.data import build_splits
 from visionlab.data.decode import try_load
 from visionlab.explain import explain, find_target_layer, overlay
 from visionlab.run import LoadedRun, load_run
-from visionlab.utils import UserError, atomic_write_bytes, closest
+from visionlab.utils import UserError, closest
+from visionlab.views.plots import save_figure as _save
 
 LABELS = {"gradcam": "Grad-CAM", "cam": "CAM"}
 GALLERY_MAX_CLASSES = 20     # rows beyond this make the figure unreadable
 PREDICT_BATCH = 256
 EXPLAIN_BATCH = 32
-
-
-def _save(fig: Figure, path: Path, dpi: int = 110) -> None:
-    FigureCanvasAgg(fig)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
-    fig.clear()
 
 
 def _show(ax, image: np.ndarray) -> None:
@@ -59,7 +50,7 @@ def explain_batch(run: LoadedRun, images: np.ndarray, method: str = "gradcam", l
                   target: int | None = None):
     """CamResult for uint8 NHWC ``images`` of a loaded run, preprocessed by the run's eval transform."""
     batch = torch.from_numpy(np.array(images)).to(run.device)
-    x = run.task.eval_tf(batch)
+    x = run.task.model_input(batch)
     return explain(run.model, x, method=method, target=target, layer=layer)
 
 
@@ -80,7 +71,7 @@ def explain_images(run_dir, images: list, method: str = "gradcam", layer: str | 
     written, used = [], set()
     for i, (path, arr) in enumerate(zip(images, arrays)):
         if layer is None and i == 0:
-            x0 = run.task.eval_tf(torch.from_numpy(np.array(arr[None])).to(run.device))
+            x0 = run.task.model_input(torch.from_numpy(np.array(arr[None])).to(run.device))
             layer = find_target_layer(run.model, x0)[0]           # once, not per image
         res = explain_batch(run, arr[None], method, layer, cls)
         stem = Path(str(path)).stem
@@ -127,7 +118,7 @@ def _pick_examples(run: LoadedRun, split, max_per_class: int, classes: int) -> l
     slots = {(c, ok): [] for c in range(classes) for ok in (True, False)}
     for idx, images in _test_batches(split, run.info.preprocess):
         with torch.no_grad():
-            probs = run.task.predict(torch.from_numpy(np.ascontiguousarray(images)).to(run.device)).cpu()
+            probs = run.task.predict(torch.from_numpy(np.ascontiguousarray(images)).to(run.device)).probs.cpu()
         conf, pred = probs.max(1)
         for j, i in enumerate(idx):
             t, p = int(split.labels[i]), int(pred[j])
@@ -152,7 +143,7 @@ def write_cam_gallery(run_dir, max_per_class: int = 2) -> Path | None:
     if not examples:
         return None
     images = np.stack([e[0] for e in examples])
-    x0 = run.task.eval_tf(torch.from_numpy(np.array(images[:1])).to(run.device))
+    x0 = run.task.model_input(torch.from_numpy(np.array(images[:1])).to(run.device))
     layer = find_target_layer(run.model, x0)[0]
     heat = []
     for s in range(0, len(images), EXPLAIN_BATCH):

@@ -21,7 +21,7 @@ ANNOTATE_MAX_CLASSES = 20  # above this the numbers become unreadable
 TICKS_MAX_CLASSES = 60     # above this class names overlap; show indices sparsely instead
 
 
-def _save(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> None:
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> None:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -63,14 +63,15 @@ def plot_confusion(confusion, classes: Sequence[str], path: str | os.PathLike) -
     ax1, ax2 = fig.subplots(1, 2)
     _confusion_panel(ax1, cm, classes, "counts", "d", float(cm.max()) if cm.size else 0.0)
     _confusion_panel(ax2, norm, classes, "row-normalized (recall)", ".2f", 1.0)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def plot_curves(rows: Sequence[dict], path: str | os.PathLike) -> None:
-    """Save loss and accuracy per epoch, train and val; missing (None) values are left out."""
+def plot_curves(rows: Sequence[dict], path: str | os.PathLike, metric: str = "acc") -> None:
+    """Save loss and the task's primary ``metric`` (acc, miou, ...) per epoch, train and val; missing (None) values
+    are left out."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
-    for ax, metric, scale, ylabel in ((ax_loss, "loss", 1.0, "loss"), (ax_acc, "acc", 100.0, "accuracy (%)")):
+    for ax, metric, scale, ylabel in ((ax_loss, "loss", 1.0, "loss"), (ax_acc, metric, 100.0, f"{metric} (%)")):
         for split, style in (("train", "-o"), ("val", "--s")):
             pts = [(r["epoch"], r[f"{split}/{metric}"] * scale) for r in rows
                    if r.get("epoch") is not None and r.get(f"{split}/{metric}") is not None]
@@ -84,7 +85,7 @@ def plot_curves(rows: Sequence[dict], path: str | os.PathLike) -> None:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _as_display(img: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -117,5 +118,5 @@ def plot_errors(images, true, pred, conf, classes: Sequence[str], path: str | os
         if names is not None and n < len(names) and names[n]:
             title += "\n" + _short(str(names[n]), 18)
         ax.set_title(title, fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
     return k

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .utils import ConfigError
+from ..utils import ConfigError
 
 
 def split_options(args: list[str], mode: str, options: tuple[str, ...], usage: str) -> tuple[list[str], dict]:

@@ -14,8 +14,8 @@ from PIL import Image
 from visionlab.data import build_splits
 from visionlab.data.decode import convert_array, letterbox, to_rgb_or_l, try_load
 from visionlab.data.split import limit_indices
-from visionlab.deploy.export import (DEFAULT_OPSET, export_onnx, export_torchscript, quantize_onnx,
-                                     wrap_classifier)
+from visionlab.deploy.export import DEFAULT_OPSET, export_onnx, export_torchscript, quantize_onnx
+from visionlab.metrics.segmentation import SegmentationMetrics
 from visionlab.deploy.runtime import file_sha256, load_torchscript, onnx_runner, softmax, torch_runner
 from visionlab.run import LoadedRun, _eval_loader, load_run
 from visionlab.utils import ConfigError, UserError, read_json, write_json
@@ -68,9 +68,9 @@ def export(run_dir, backend: str, opset: int = DEFAULT_OPSET, calibration: np.nd
             export(run, "onnx", opset)
         quantize_onnx(src, path, _calibration(run) if calibration is None else calibration)
     elif backend == "onnx":
-        export_onnx(wrap_classifier(run.model, run.task.eval_tf), path, info.channels, size, opset)
+        export_onnx(run.task.export_module(), path, info.channels, size, opset)
     else:
-        export_torchscript(wrap_classifier(run.model, run.task.eval_tf), path, info.channels, size)
+        export_torchscript(run.task.export_module(), path, info.channels, size)
     _record(run.run_dir, backend, path)
     return path
 
@@ -122,13 +122,15 @@ def ensure_export(run_dir, backend: str) -> Path:
 
 
 def runner(run_dir, backend: str) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 NHWC numpy batch (the run's input size) -> float32 logits, for eager or an exported backend."""
+    """uint8 NHWC numpy batch (the run's input size) -> float32 logits (per image, or per pixel for segmentation),
+    for eager or an exported backend."""
     run = as_run(run_dir)
     if backend == "eager":
+        module = run.task.export_module()                        # the training code's own eval path, fp32
+
         @torch.inference_mode()
-        def eager(images: np.ndarray) -> np.ndarray:            # the training code's own eval path, fp32
-            x = run.task.eval_tf(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)))
-            return run.model(x).float().numpy()
+        def eager(images: np.ndarray) -> np.ndarray:
+            return module(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))).numpy()
         return eager
     if backend not in FILES:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -194,16 +196,27 @@ def _test_logits(run: LoadedRun, backends: list[str], test) -> tuple[dict, np.nd
     return {b: np.concatenate(v) for b, v in out.items()}, np.concatenate(labels)
 
 
+def _score(logits: np.ndarray, y: np.ndarray) -> tuple[str, float]:
+    """The figure export must keep: top-1 accuracy for per-image logits, mIoU (void ignored) for per-pixel ones."""
+    if logits.ndim == 4:
+        m = SegmentationMetrics(logits.shape[1])
+        m.update(torch.from_numpy(logits.argmax(1)), torch.from_numpy(y.astype(np.int64)))
+        return "miou", m.compute()["miou"]
+    return "top1", float((logits.argmax(1) == y).mean())
+
+
 def parity(run: LoadedRun, backends: list[str], test=None) -> dict:
-    """Per backend: top-1 of eager fp32 and of the export on the test split, their difference in points, the
-    fraction of identical argmax predictions and the max |logit difference|."""
+    """Per backend: the task's score (top-1, or mIoU for segmentation; named by "metric") of eager fp32 and of the
+    export on the test split, their difference in points, the fraction of identical argmax predictions (images or
+    pixels) and the max |logit difference|."""
     logits, y = _test_logits(run, backends, test if test is not None else build_splits(run.cfg.data).test)
     ref = logits["eager"]
-    eager_top1 = float((ref.argmax(1) == y).mean())
+    metric, eager_score = _score(ref, y)
     res = {}
     for b in backends:
-        top1 = float((logits[b].argmax(1) == y).mean())
-        res[b] = {"top1": top1, "eager_top1": eager_top1, "diff_points": 100.0 * (top1 - eager_top1),
+        score = _score(logits[b], y)[1]
+        res[b] = {"metric": metric, metric: score, f"eager_{metric}": eager_score,
+                  "diff_points": 100.0 * (score - eager_score),
                   "agree": float((logits[b].argmax(1) == ref.argmax(1)).mean()),
                   "max_abs_logit_diff": float(np.abs(logits[b] - ref).max()), "test_images": int(len(y))}
     return res
@@ -238,9 +251,10 @@ def export_run(run_dir, formats: list[str], opset: int = DEFAULT_OPSET,
 
 def format_parity(results: dict) -> str:
     """A short fixed-width table of export_run results."""
-    lines = [f"{'format':<12} {'eager top1':>10} {'export top1':>11} {'diff (pts)':>10} {'agree':>8} "
+    m = next(iter(results.values()))["metric"] if results else "top1"
+    lines = [f"{'format':<12} {'eager ' + m:>10} {'export ' + m:>11} {'diff (pts)':>10} {'agree':>8} "
              f"{'max|dlogit|':>11} {'MB':>7}"]
     for fmt, r in results.items():
-        lines.append(f"{fmt:<12} {100 * r['eager_top1']:>9.2f}% {100 * r['top1']:>10.2f}% {r['diff_points']:>+10.2f} "
+        lines.append(f"{fmt:<12} {100 * r['eager_' + m]:>9.2f}% {100 * r[m]:>10.2f}% {r['diff_points']:>+10.2f} "
                      f"{100 * r['agree']:>7.2f}% {r['max_abs_logit_diff']:>11.2e} {r['bytes'] / 1e6:>7.2f}")
     return "\n".join(lines)

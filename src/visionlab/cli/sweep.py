@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from .utils import ConfigError, UserError
+from ..utils import ConfigError, UserError
 
 USAGE = ("usage: visionlab sweep CONFIG.yaml SPACE.yaml [trials=N] [timeout=SECONDS] [storage=URL] [worker=true] "
          "[confirm=K n=5] [key=value ...]\n(storage= defaults to $VISIONLAB_STORAGE, else RUNS/<name>/sweep.db; keep a "
@@ -48,7 +48,7 @@ def parse_args(args: list[str]) -> tuple[str, str, dict, list[str]]:
 
 def cmd_sweep(args: list[str]) -> int:
     """Run (or join, with worker=true) a sweep; prints one line per trial, the best trial and the sweep folder."""
-    from .experiments.sweep import run_sweep
+    from ..experiments.sweep import run_sweep
 
     config, space, kv, overrides = parse_args(args)
     confirm = _number(kv, "confirm", int, 0)

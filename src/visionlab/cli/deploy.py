@@ -2,8 +2,8 @@
 parity on the test split) and `visionlab bench RUN_DIR [batch_sizes=1,32] [iters=30] [warmup=3]` (latency)."""
 from __future__ import annotations
 
-from .cli_args import split_options
-from .utils import ConfigError, UserError
+from .args import split_options
+from ..utils import ConfigError, UserError
 
 EXPORT_USAGE = ("usage: visionlab export RUN_DIR [format=onnx|torchscript|onnx,torchscript] [quantize=int8] "
                 "[opset=17] [calib=128] [limit=N]")
@@ -48,7 +48,7 @@ def export_formats(fmt: str, quantize: str) -> list[str]:
 def cmd_export(args: list[str]) -> int:
     """Export RUN_DIR's eval preprocessing + model (uint8 NHWC in, dynamic batch) to RUN_DIR/export/, then print
     and save (RUN_DIR/export.json) the top-1 parity of eager and exported models on the test split."""
-    from .experiments.export_run import export_run, format_parity
+    from ..views.export_run import export_run, format_parity
 
     run_dir, kv = _run_dir(args, "export", EXPORT_OPTIONS, EXPORT_USAGE)
     formats = export_formats(kv.get("format", "onnx"), kv.get("quantize", ""))
@@ -66,7 +66,7 @@ def cmd_bench(args: list[str]) -> int:
     """Time every backend of RUN_DIR at each batch size; print the table, write RUN_DIR/bench.json and bench.md."""
     import torch
 
-    from .experiments.bench_run import BACKENDS, bench_run, format_bench
+    from ..views.bench_run import BACKENDS, bench_run, format_bench
 
     run_dir, kv = _run_dir(args, "bench", BENCH_OPTIONS, BENCH_USAGE)
     sizes = [_int(s, "batch_sizes", 1) for s in kv.get("batch_sizes", "1,32").split(",") if s.strip()]

@@ -2,8 +2,8 @@
 [share=false]`: the web app (Image, Webcam, Generate tabs) over one or more runs."""
 from __future__ import annotations
 
-from .cli_args import split_options
-from .utils import ConfigError, UserError
+from .args import split_options
+from ..utils import ConfigError, UserError
 
 USAGE = "usage: visionlab app RUN_DIR [RUN_DIR ...] [host=127.0.0.1] [port=7860] [guide=PATH] [max_upload_mb=10] " \
         "[share=false]"
@@ -39,7 +39,7 @@ def cmd_app(args: list[str]) -> int:
     """Serve the app until Ctrl-C. Warns when it is reachable from other machines (host other than loopback, share)."""
     opts = parse(args)
     try:
-        from .app.main import serve        # gradio loads only for this mode
+        from ..app.main import serve        # gradio loads only for this mode
     except ImportError as e:
         if (e.name or "").split(".")[0] not in ("gradio", "gradio_client"):
             raise
