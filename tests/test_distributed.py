@@ -105,3 +105,33 @@ def test_torchrun_two_processes_train_killed_and_resumed(tmp_path):
     assert metrics_rows(run_dir) == metrics_rows(tmp_path / "a" / "ref")
     wrong = run_cli("train", f"resume={run_dir}")              # one process cannot continue a 2-process run
     assert wrong.returncode == 1 and "--nproc_per_node=2" in wrong.stderr
+
+
+def test_torchrun_segmentation_killed_and_resumed(tmp_path):
+    """DDP for the second task: two processes share each global batch of images and masks; a killed 2-process
+    segmentation run resumes to the same metrics as an uninterrupted one."""
+    from test_resume import SEG
+
+    args = [a for a in SEG if not a.startswith("train.threads")]
+    ref = run_cli("train", *args, f"out_dir={tmp_path / 'a'}", "name=ref", python=TORCHRUN)
+    assert ref.returncode == 0, ref.stderr
+    a = json.loads((tmp_path / "a" / "ref" / "summary.json").read_text())
+    assert a["task"] == "segmentation" and 0 < a["test/miou"] <= 1
+
+    env = {**os.environ, "VISIONLAB_DATA": str(DATA)}
+    proc = subprocess.Popen([*TORCHRUN, "-m", "visionlab", "train", *args, f"out_dir={tmp_path / 'b'}", "name=cut"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    run_dir = tmp_path / "b" / "cut"
+    deadline = time.time() + 300
+    while last_checkpoint_step(run_dir) < 15 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    step = last_checkpoint_step(run_dir)
+    assert 15 <= step < 24, f"not killed mid-epoch 2 (last checkpoint at step {step})"
+
+    res = run_cli("train", f"resume={run_dir}", python=TORCHRUN)
+    assert res.returncode == 0, res.stderr
+    b = json.loads((run_dir / "summary.json").read_text())
+    assert b["test/miou"] == a["test/miou"] and b["confusion"] == a["confusion"]
+    assert metrics_rows(run_dir) == metrics_rows(tmp_path / "a" / "ref")

@@ -79,3 +79,35 @@ def test_resume_applies_safe_overrides_and_refuses_others(tmp_path):
     assert "model.name" in bad.stderr and "train.epochs" not in bad.stderr.split("may change only")[0]
     assert (run_dir / "config.yaml").read_text() == config and (run_dir / "env.json").read_bytes() == env
     assert len((run_dir / "resumes.jsonl").read_text().splitlines()) == 1
+
+
+SEG = ["task=segmentation", "data.name=camvid", "model.name=lraspp_lite0", "model.pretrained=true",
+       "data.image_size=96", "data.limit=48", "segmentation.crop_size=[64,96]", "segmentation.jitter=0.2",
+       "train.batch_size=4", "train.eval_batch_size=8", "train.epochs=2", "train.checkpoint_every=3",
+       "train.progress=false", "train.tensorboard=false", "train.threads=1", "optim.scheduler=cosine", "seed=3"]
+
+
+def test_segmentation_sigkill_then_resume_matches_uninterrupted(tmp_path):
+    """The same guarantee for the second task: joint image/mask augmentation, its generator and the per-pixel
+    metrics come back exactly after a SIGKILL mid-epoch."""
+    ref = run_cli("train", *SEG, f"out_dir={tmp_path / 'a'}", "name=ref")
+    assert ref.returncode == 0, ref.stderr
+    env = {**os.environ, "VISIONLAB_DATA": str(DATA)}
+    proc = subprocess.Popen([sys.executable, "-m", "visionlab", "train", *SEG, f"out_dir={tmp_path / 'b'}",
+                             "name=killed"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "b" / "killed"
+    deadline = time.time() + 300
+    while last_checkpoint_step(run_dir) < 15 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = last_checkpoint_step(run_dir)
+    assert 15 <= killed_at < 24, f"the run was not killed mid-epoch 2 (last checkpoint at step {killed_at})"
+
+    res = run_cli("train", f"resume={run_dir}")
+    assert res.returncode == 0, res.stderr
+    a = json.loads((tmp_path / "a" / "ref" / "summary.json").read_text())
+    b = json.loads((run_dir / "summary.json").read_text())
+    assert b["test/miou"] == a["test/miou"] and b["per_class_iou"] == a["per_class_iou"]
+    assert b["confusion"] == a["confusion"]
+    assert metrics_rows(run_dir) == metrics_rows(tmp_path / "a" / "ref")

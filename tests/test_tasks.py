@@ -1,0 +1,113 @@
+"""The task contract's acceptance test, parametrized over every registered task: one short training on real data
+through the CLI, then report, eval, predict and ONNX export parity, each producing the task's own outputs. A task
+registered without a recipe here fails, so a new task is tested the moment it is registered."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import DATA, run_cli
+from visionlab.tasks import TASKS
+
+TINY = ["train.epochs=1", "train.threads=1", "train.progress=false", "train.tensorboard=false"]
+RECIPES = {     # task -> (overrides, a real image to predict, the primary metric, what a prediction line shows)
+    "classification": (["data.limit=300"], None, "val/acc", ":"),
+    "segmentation": (["task=segmentation", "data.name=camvid", "model.name=lraspp_lite0", "model.pretrained=true",
+                      "data.image_size=64", "data.limit=24", "segmentation.crop_size=[48,64]",
+                      "train.batch_size=8", "train.eval_batch_size=8"],
+                     DATA / "camvid" / "images" / "test" / "0001TP_008550.jpg", "val/miou", "_mask.png"),
+}
+
+
+def test_every_task_has_a_recipe():
+    assert sorted(RECIPES) == TASKS.names()
+
+
+_RUNS: dict = {}
+
+
+def _trained(task: str, tmp_path_factory) -> Path:
+    """One short run per task, trained once for this module."""
+    if task not in _RUNS:
+        out = tmp_path_factory.mktemp(task)
+        r = run_cli("train", *TINY, *RECIPES[task][0], f"out_dir={out}", "name=run")
+        assert r.returncode == 0, r.stderr[-3000:]
+        _RUNS[task] = out / "run"
+    return _RUNS[task]
+
+
+@pytest.fixture(scope="module", params=sorted(RECIPES))
+def task_run(request, tmp_path_factory):
+    return request.param, _trained(request.param, tmp_path_factory)
+
+
+def test_train_writes_the_tasks_summary_and_every_logged_key(task_run):
+    task, run_dir = task_run
+    _, _, primary, _ = RECIPES[task]
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["task"] == task and s["primary_metric"] == primary and s["mode"] == "max"
+    test_key = "test/" + primary.split("/")[1]
+    assert 0.0 <= s[test_key] <= 1.0 and s[f"best/{primary}"] is not None
+    with (run_dir / "metrics.csv").open() as f:
+        header = next(csv.reader(f))
+    assert "train/loss" in header and primary in header       # nothing dropped from what was logged
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "finished"
+
+
+def test_report_eval_predict_export(task_run, tmp_path):
+    task, run_dir = task_run
+    _, image, primary, shown = RECIPES[task]
+    metric = primary.split("/")[1]
+    md = (run_dir / "report.md").read_text()
+    assert f"best {primary}" in md and "## Results" in md
+    assert {"classification": "## Per-class metrics", "segmentation": "## Per-class IoU"}[task] in md
+
+    ev = run_cli("eval", str(run_dir), "split=val")
+    assert ev.returncode == 0, ev.stderr
+    assert f"val/{metric}=" in ev.stdout
+
+    if image is None:                        # classification: a real test digit from the run's own test split
+        data = np.load(run_dir / "errors.npz") if (run_dir / "errors.npz").exists() else None
+        arr = data["images"][0] if data is not None else np.zeros((28, 28, 1), np.uint8)
+        image = tmp_path / "digit.png"
+        Image.fromarray(arr[..., 0]).save(image)
+    pr = run_cli("predict", str(run_dir), str(image), f"out={tmp_path / 'pred'}")
+    assert pr.returncode == 0, pr.stderr
+    assert shown in pr.stdout
+    if task == "segmentation":
+        mask = np.asarray(Image.open(tmp_path / "pred" / f"{Path(image).stem}_mask.png"))
+        assert mask.ndim == 2 and mask.max() < 11 and (tmp_path / "pred" / f"{Path(image).stem}_overlay.png").is_file()
+
+    ex = run_cli("export", str(run_dir), "format=onnx", "limit=16")
+    assert ex.returncode == 0, ex.stderr
+    parity = json.loads((run_dir / "export.json").read_text())["onnx"]
+    assert parity["metric"] == {"classification": "top1", "segmentation": "miou"}[task]
+    assert abs(parity["diff_points"]) <= 0.1 and parity["agree"] > 0.99
+
+
+def test_segmentation_metrics_match_a_direct_computation(tmp_path_factory, monkeypatch):
+    """The run's test mIoU equals a numpy computation over the predictions of the saved model on the test masks."""
+    run_dir = _trained("segmentation", tmp_path_factory)
+    monkeypatch.setenv("VISIONLAB_DATA", str(DATA))
+    import torch
+
+    from visionlab.data import build_splits
+    from visionlab.run import load_run
+
+    run = load_run(run_dir, device="cpu")
+    test = build_splits(run.cfg.data).test
+    pred = run.task.predict(torch.from_numpy(np.ascontiguousarray(test.images))).masks.numpy()
+    truth = test.masks
+    ious = []
+    for c in range(len(run.classes)):
+        t, p = (truth == c), (pred == c) & (truth != 255)
+        union = (t | p).sum()
+        if union:
+            ious.append((t & p).sum() / union)
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert s["test/miou"] == pytest.approx(float(np.mean(ious)), abs=2e-3)   # bf16 autocast in training eval
