@@ -9,7 +9,7 @@ demo:            ## train the seed MNIST CNN on the 5,000 real digits shipped wi
 
 test:            ## the whole test suite (reads real data from $$VISIONLAB_DATA, default ../shared/data)
 	@scripts/setup.sh --dev
-	.venv/bin/python -m pytest
+	.venv/bin/python -m pytest --durations=15
 
 bench:           ## the speed benchmarks (about 20 minutes on 2 cores)
 	@scripts/setup.sh --dev
