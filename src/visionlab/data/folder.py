@@ -16,8 +16,8 @@ from ..utils import ConfigError, UserError
 from . import cache
 from .base import ImageSet, channel_stats
 from .decode import IMAGE_EXTS, decode_files, preprocess_dict, probe, try_load, verify_files
-from .split import (holdout, limit_indices, make_splits, missing_data_error, parse_ratios, split_train_val_test,
-                    stratified_split, write_manifest)
+from .split import (SPLIT_NAMES, holdout, limit_indices, make_splits, missing_data_error, parse_ratios,
+                    split_train_val_test, stratified_split, write_manifest)
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 STATS_SAMPLE = 500

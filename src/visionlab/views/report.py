@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import csv
-import html
 import json
 import os
-import re
 import zipfile
 from pathlib import Path
 

@@ -3,7 +3,6 @@ and how `visionlab predict` shows masks (a colour mask PNG and an overlay per im
 from __future__ import annotations
 
 import io
-import math
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +45,23 @@ def overlay(image: np.ndarray, mask: np.ndarray, n: int, alpha: float = 0.5) -> 
     col = colorize(mask, n).astype(np.float32)
     keep = (np.asarray(mask) != IGNORE)[..., None]
     return np.where(keep, (1 - alpha) * img + alpha * col, img).round().clip(0, 255).astype(np.uint8)
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A class-id mask as palette PNG bytes: the pixel values are the class ids, shown in ``palette`` colours."""
+    png = Image.fromarray(np.asarray(mask, dtype=np.uint8))      # "L"; putpalette makes it "P"
+    png.putpalette(palette(256).ravel().tolist())
+    buf = io.BytesIO()
+    png.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def overlay_scaled(image: np.ndarray, mask: np.ndarray, n: int, alpha: float = 0.5) -> np.ndarray:
+    """``overlay`` at the image's own size: the mask (at the model's size) scaled to it, nearest (ids never blend)."""
+    h, w = np.asarray(image).shape[:2]
+    if mask.shape != (h, w):
+        mask = np.asarray(Image.fromarray(np.asarray(mask, dtype=np.uint8)).resize((w, h), Image.NEAREST))
+    return overlay(image, mask, n, alpha)
 
 
 def plot_iou_bars(per_class_iou: list, classes: list[str], path: Path) -> None:
@@ -116,7 +132,7 @@ def show_predictions(results: list, images: list[str], out_dir: Path | None) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = []
     for image, r in zip(images, results):
-        mask, n = r["mask"], max(len(r["areas"]), int(r["mask"].max()) + 1)
+        mask = r["mask"]
         stem = Path(str(image)).stem
         png = Image.fromarray(mask, mode="P")
         png.putpalette(palette(256).ravel().tolist())
