@@ -1,5 +1,6 @@
-"""What the tabs share: the loaded runs and their contained examples, classification of an upload decoded once
-(upload.py) through run.predict, the top class drawn on an image, and the prediction files offered for download."""
+"""What the tabs share: the loaded runs and their contained examples, an upload decoded once (upload.py) and
+predicted through run.predict (classification: top classes; segmentation: the mask and each class's area), the top
+class drawn on an image, the mask overlaid on it, and the prediction files offered for download."""
 from __future__ import annotations
 
 import csv
@@ -37,6 +38,11 @@ class AppRun:
     guide: dict | None = None
     examples: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        """The run's task (config ``task``): which row of the app's task -> tab table shows it."""
+        return self.run.cfg.task
 
     @property
     def generative(self) -> bool:
@@ -128,6 +134,17 @@ def classify_frame(app_run: AppRun, rgb: np.ndarray, topk: int = 10) -> list[tup
     return classify_image(app_run, Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)), topk)
 
 
+def segment_image(app_run: AppRun, im: Image.Image) -> dict:
+    """{"mask": uint8 [h, w] class ids at the model's size, "areas": {class: share of the pixels}} of a decoded
+    image, preprocessed as the run's data (the same numbers as visionlab.predict gives for the file)."""
+    return predict(app_run.run, [model_input(im, app_run.run.info.preprocess)])[0]
+
+
+def segment_frame(app_run: AppRun, rgb: np.ndarray) -> dict:
+    """segment_image of a decoded RGB frame, in memory (nothing written)."""
+    return segment_image(app_run, Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)))
+
+
 def display_image(im: Image.Image) -> np.ndarray:
     """The decoded upload for display: RGB (transparency on white), shrunk to fit DISPLAY_MAX."""
     im = to_rgb_or_l(im, False)
@@ -180,9 +197,7 @@ class Downloads:
 
     def write(self, app_run: AppRun, source: str, top: list[tuple[str, float]], annotated: np.ndarray) -> list[str]:
         """prediction.json, prediction.csv and annotated.png of one prediction; returns their paths."""
-        self._prune()
-        out = self.root / uuid.uuid4().hex
-        out.mkdir()
+        out = self._new_folder()
         record = {"file": source, "run": str(app_run.run.run_dir), "model": app_run.name,
                   "predictions": [{"rank": i + 1, "class": c, "probability": p} for i, (c, p) in enumerate(top)]}
         (out / "prediction.json").write_text(json.dumps(record, indent=2) + "\n")
@@ -194,6 +209,33 @@ class Downloads:
         (out / "prediction.csv").write_text(buf.getvalue())
         Image.fromarray(annotated).save(out / "annotated.png")
         return [str(out / n) for n in ("prediction.json", "prediction.csv", "annotated.png")]
+
+    def write_mask(self, app_run: AppRun, source: str, result: dict, overlaid: np.ndarray) -> list[str]:
+        """mask.png (class ids as a palette PNG, the model's size), overlay.png, areas.json and areas.csv (class,
+        share of the pixels, largest first) of one segmentation; returns their paths."""
+        from ..views.segmentation import mask_png
+
+        out = self._new_folder()
+        areas = sorted(result["areas"].items(), key=lambda t: -t[1])
+        (out / "mask.png").write_bytes(mask_png(result["mask"]))
+        Image.fromarray(overlaid).save(out / "overlay.png")
+        record = {"file": source, "run": str(app_run.run.run_dir), "model": app_run.name,
+                  "mask_size": list(result["mask"].shape), "classes": app_run.run.classes,
+                  "areas": [{"class": c, "share": a} for c, a in areas]}
+        (out / "areas.json").write_text(json.dumps(record, indent=2) + "\n")
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["file", "model", "class", "share"])
+        w.writerows([csv_cell(source), csv_cell(app_run.name), csv_cell(c), repr(a)] for c, a in areas)
+        (out / "areas.csv").write_text(buf.getvalue())
+        return [str(out / n) for n in ("mask.png", "overlay.png", "areas.json", "areas.csv")]
+
+    def _new_folder(self) -> Path:
+        """A fresh folder for one prediction's files (older ones pruned first)."""
+        self._prune()
+        out = self.root / uuid.uuid4().hex
+        out.mkdir()
+        return out
 
     def _prune(self) -> None:
         cutoff = time.time() - KEEP_DOWNLOADS_S

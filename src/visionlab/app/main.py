@@ -1,4 +1,5 @@
-"""The web app: a Gradio Blocks page (Image, Webcam and Generate tabs) built from one or more run directories, and
+"""The web app: a Gradio Blocks page (an Image tab per task, from tabs/tasks.py's table; Webcam and Generate tabs)
+built from one or more run directories, and
 its launch: 127.0.0.1 by default, an upload size limit, no analytics, nothing fetched from the network, and no file
 left behind (Gradio's copies of uploads and outputs are deleted after an hour and when the app closes)."""
 from __future__ import annotations
@@ -9,11 +10,12 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..run import test_key
 from ..utils import UserError
 from .guide import missing_classes
 from .infer import KEEP_DOWNLOADS_S, AppRun, Downloads, load_app_runs
 from .tabs.generate import build_generate_tab
-from .tabs.image import build_image_tab
+from .tabs.tasks import TASK_TABS, shows_cards, tab_for
 from .tabs.webcam import build_webcam_tab
 
 QUEUE_MAX = 32              # requests waiting at once; more are refused instead of piling up on a 2-core machine
@@ -23,14 +25,16 @@ DELETE_CACHE = (600, KEEP_DOWNLOADS_S)   # every 10 min Gradio deletes its copie
 
 def _describe(r: AppRun) -> str:
     s, cfg = r.summary, r.run.cfg
-    acc = f", test acc {s['test/acc']:.3f} on {s.get('test_size', '?')} images" if "test/acc" in s else ""
+    key = test_key(s.get("primary_metric") or "val/acc")              # test/acc, test/miou, ...
+    score = f", {key.replace('/', ' ')} {s[key]:.3f} on {s.get('test_size', '?')} images" \
+        if isinstance(s.get(key), (int, float)) else ""
     guide = f"guide `{r.guide['name']}`" if r.guide else "no guide (no info cards)"    # not the server's path
     return (f"- **{r.name}**: {cfg.task}, `{cfg.model.name}` on `{cfg.data.name}`, {len(r.run.classes)} classes"
-            f"{acc}; {guide}")
+            f"{score}" + (f"; {guide}" if shows_cards(r.task) else ""))
 
 
 def header_markdown(runs: list[AppRun]) -> str:
-    """The page heading: each run's task, model, data, test accuracy and guide."""
+    """The page heading: each run's task, model, data, primary test metric and guide (tasks that show cards)."""
     return "# visionlab\n\n" + "\n".join(_describe(r) for r in runs)
 
 
@@ -41,10 +45,20 @@ def build_app(runs: list[AppRun], downloads: Downloads) -> gr.Blocks:
         picker = gr.Dropdown([r.name for r in runs], value=runs[0].name, label="Model",
                              visible=len(runs) > 1, elem_id="model-picker")
         with gr.Tabs():
-            build_image_tab(runs, picker, downloads)
+            build_image_tabs(runs, picker, downloads)
             build_webcam_tab(runs, picker)
             build_generate_tab(runs)
     return demo
+
+
+def build_image_tabs(runs: list[AppRun], picker: gr.Dropdown, downloads: Downloads) -> None:
+    """One Image tab per task among ``runs`` (TASK_TABS order), each over its task's runs: "Image" when all runs
+    share a task, "Image: <task>" beside each other otherwise."""
+    groups = {t: [r for r in runs if r.task == t] for t in TASK_TABS}
+    groups = {t: rs for t, rs in groups.items() if rs}
+    for k, (task, task_runs) in enumerate(groups.items()):
+        title = "Image" if len(groups) == 1 else f"Image: {task}"
+        TASK_TABS[task].build_image_tab(task_runs, picker, downloads, title, "image" if k == 0 else f"image-{task}")
 
 
 @dataclass
@@ -73,6 +87,10 @@ def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 7860,
         raise UserError("visionlab app needs at least one RUN_DIR (a folder made by `visionlab train`)")
     runs = load_app_runs(run_dirs, guide)
     for r in runs:
+        if not r.generative:
+            tab_for(r.task)                     # a task the app has no tab for: a UserError naming those it has
+        if not shows_cards(r.task):
+            r.guide = None                      # no cards for this task: a guide found by lookup is not used
         lost = missing_classes(r.guide, r.run.classes)
         if lost:
             print(f"note: {r.guide['path']} has no card for {', '.join(lost)} (run {r.name})", flush=True)

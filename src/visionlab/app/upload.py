@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..data.decode import apply_max_pixels, letterbox, to_rgb_or_l, too_large
+from ..data.decode import apply_max_pixels, letterbox, short_side_size, to_rgb_or_l, too_large
 from ..utils import UserError
 
 DECODE_MAX = 2048           # longest side kept when decoding: 3x the shown picture, 9x a 224 px model input
@@ -75,6 +75,11 @@ def model_input(im: Image.Image, preprocess: dict) -> np.ndarray:
     im = to_rgb_or_l(im, bool(preprocess.get("grayscale")))
     if preprocess.get("pad_square"):
         im = letterbox(im)
+    short = int(preprocess.get("short_side") or 0)          # segmentation sources: short side N, aspect kept
+    if short:
+        h, w = short_side_size(im.size[1], im.size[0], short)
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.BILINEAR)
     size = preprocess.get("image_size") or 0
     wh = (int(size[1]), int(size[0])) if isinstance(size, (list, tuple)) else (int(size), int(size))
     if size and im.size != wh:

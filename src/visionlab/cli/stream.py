@@ -1,5 +1,6 @@
 """CLI mode `visionlab stream SOURCE [run=RUN_DIR] [detector=hog|haar|mtcnn|none] [fps=N] [capture=WxH] [input=N]
-[max_frames=N] [out=DIR] [display=auto|true|false] [sweep=true]`: real-time detection / classification on video."""
+[max_frames=N] [out=DIR] [display=auto|true|false] [sweep=true]`: real-time detection / classification /
+segmentation on video (a segmentation run draws its mask on every frame; views.stream_run.FRAME_MODELS)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,8 @@ USAGE = ("usage: visionlab stream SOURCE [run=RUN_DIR] [backend=eager|torchscrip
          "[detector=hog|haar|mtcnn|none]\n"
          "       [fps=N] [capture=WxH|WIDTH] [input=WIDTH] [max_frames=N] [out=DIR] [display=auto|true|false]\n"
          "       [win_stride=8] [scale=1.1] [levels=64] [threads=N] [sweep=true]\n"
-         "SOURCE: a webcam index such as 0 (Ctrl-C or q stops it), a video file, or an image folder; with sweep=true,\n"
+         "SOURCE: a webcam index such as 0 (Ctrl-C or q stops it), a video file, or an image folder. RUN_DIR: a\n"
+         "classification run (top class per frame) or a segmentation run (mask overlay per frame). With sweep=true,\n"
          "capture= and input= take comma lists. win_stride, scale, levels: HOG's speed knobs.")
 OPTIONS = ("run", "backend", "detector", "fps", "capture", "input", "max_frames", "out", "display", "sweep",
            "win_stride", "scale", "levels", "threads")

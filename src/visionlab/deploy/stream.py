@@ -26,8 +26,10 @@ KNOBS = {"capture": "a smaller capture size (capture=WxH; a camera may also be c
 
 
 class FrameClassifier:
-    """A whole-frame classifier in the loop's three stages: ``prepare`` (uint8 RGB frame -> uint8 model input,
-    e.g. export_run.frame_preprocess), ``run_batch`` (uint8 NHWC -> logits, any backend), class names."""
+    """A whole-frame classifier in the loop's stages: ``prepare`` (uint8 RGB frame -> uint8 model input,
+    e.g. export_run.frame_preprocess), ``run_batch`` (uint8 NHWC -> logits, any backend), class names.
+    The loop's frame-model contract (FrameSegmenter has it too): preprocess, infer, postprocess -> the result,
+    summary(result) -> (label, score) for frames.csv, draw(frame, result) for the task's own picture."""
 
     def __init__(self, prepare: Callable, run_batch: Callable, classes: list[str], name: str = "classifier"):
         import cv2
@@ -45,6 +47,38 @@ class FrameClassifier:
         p = np.exp(z - z.max())
         k = int(p.argmax())
         return self.classes[k], float(p[k] / p.sum())
+
+    def summary(self, result: tuple[str, float]) -> tuple[str, float]:
+        return result
+
+    def draw(self, frame: np.ndarray, result) -> None:
+        """Nothing of its own: the banner (module-level ``draw``) shows the top class and its probability."""
+
+
+class FrameSegmenter(FrameClassifier):
+    """A semantic segmenter in the loop's stages: per-pixel logits -> a class-id mask (postprocess), blended onto
+    the frame in the class colours (draw); frames.csv gets the largest class and its share of the pixels.
+    ``colors``: uint8 [>= num_classes, 3] RGB, one colour per class id (views.segmentation.palette)."""
+
+    def __init__(self, prepare: Callable, run_batch: Callable, classes: list[str], colors: np.ndarray,
+                 name: str = "segmenter", alpha: float = 0.5):
+        super().__init__(prepare, run_batch, classes, name)
+        self.bgr = np.ascontiguousarray(np.asarray(colors, np.uint8)[:, ::-1])     # the loop's frames are BGR
+        self.alpha = alpha
+
+    def postprocess(self, logits: np.ndarray) -> np.ndarray:
+        return logits[0].argmax(0).astype(np.uint8)            # [C, h, w] -> class ids [h, w]
+
+    def summary(self, mask: np.ndarray) -> tuple[str, float]:
+        counts = np.bincount(mask.ravel(), minlength=len(self.classes))
+        k = int(counts.argmax())
+        return self.classes[k], float(counts[k] / mask.size)
+
+    def draw(self, frame: np.ndarray, mask: np.ndarray) -> None:
+        """The mask, scaled to the frame (nearest: class ids never blend), blended in place."""
+        h, w = frame.shape[:2]
+        full = self.cv2.resize(mask, (w, h), interpolation=self.cv2.INTER_NEAREST)
+        self.cv2.addWeighted(self.bgr[full], self.alpha, frame, 1 - self.alpha, 0, dst=frame)
 
 
 @dataclass
@@ -78,7 +112,8 @@ def run_stream(source, detector=None, classifier=None, writer=None, display=None
                warmup: int = 1) -> StreamResult:
     """Process frames of ``source`` (deploy.video.FrameSource) until it ends or ``max_frames``; every frame is
     processed (none dropped, no sleeping), so the frame rate is what the pipeline itself sustains.
-    ``detector``/``classifier`` have preprocess/infer/postprocess; ``writer``/``display`` take annotated frames.
+    ``detector`` has preprocess/infer/postprocess; ``classifier`` is the run's frame model (FrameClassifier,
+    FrameSegmenter); ``writer``/``display`` take annotated frames.
     The first ``warmup`` frames (lazy initialisation, first-call compilation) are logged but left out of the stats."""
     res = StreamResult(warmup=warmup, t_start=time.perf_counter())
     try:
@@ -106,10 +141,13 @@ def _loop(res: StreamResult, source, detector, classifier, writer, display, max_
         rc = classifier.infer(xc) if classifier else None
         t.append(clock())
         dets = detector.postprocess(rd, xd[1]) if detector else []
-        label, score = classifier.postprocess(rc) if classifier else (None, None)
+        out = classifier.postprocess(rc) if classifier else None
+        label, score = classifier.summary(out) if classifier else (None, None)
         t.append(clock())
         done = len(res.rows) - warmup
         fps = done / (t[0] - res.t_start) if done > 0 else None
+        if classifier:
+            classifier.draw(frame, out)          # the task's own picture (a mask overlay) under the boxes
         draw(frame, dets, label, score, fps)
         t.append(clock())
         if writer is not None:

@@ -1,6 +1,7 @@
-"""Video streams end to end: build the pipeline from a classifier run (any export backend) and/or a detector, run it
-over a webcam, video file or image folder into OUT (annotated video, frames.csv, stream.json), and sweep capture size x
-detector input size -> true FPS and detections (sweep.csv + sweep.md)."""
+"""Video streams end to end: build the pipeline from a run (classification: the top class per frame; segmentation:
+the mask overlaid on each frame; any export backend; FRAME_MODELS is the one task -> frame model table) and/or a
+detector, run it over a webcam, video file or image folder into OUT (annotated video, frames.csv, stream.json), and
+sweep capture size x detector input size -> true FPS and detections (sweep.csv + sweep.md)."""
 from __future__ import annotations
 
 import csv
@@ -9,8 +10,10 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from visionlab.deploy.detectors import build_detector
-from visionlab.deploy.stream import FrameClassifier, run_stream, save_stream, summarize
+from visionlab.deploy.stream import FrameClassifier, FrameSegmenter, run_stream, save_stream, summarize
 from visionlab.deploy.video import FrameSource, VideoWriter, build_display, parse_size, target_size
 from visionlab.utils import ConfigError, UserError, atomic_write_text
 
@@ -33,15 +36,52 @@ def set_threads(n: int) -> None:
     cv2.setNumThreads(int(n))
 
 
-def build_classifier(run_dir, backend: str = "eager") -> FrameClassifier:
+def build_classifier(run, backend: str = "eager") -> FrameClassifier:
     """The run's classifier on whole frames: the data pipeline's own preprocessing (export_run.frame_preprocess)
     timed as preprocess, the backend (eager | torchscript | onnx | onnx-int8, exported on demand) as infer."""
-    from .export_run import BACKENDS, as_run, frame_preprocess, runner
+    from .export_run import frame_preprocess, runner
+
+    return FrameClassifier(frame_preprocess(run), runner(run, backend), run.classes, name=backend)
+
+
+def build_segmenter(run, backend: str = "eager") -> FrameSegmenter:
+    """The run's segmenter on whole frames: resized so the short side is the run's (data/decode.py's rule, PIL
+    bilinear; an exported backend gets its fixed input size), the mask drawn in views.segmentation's colours."""
+    from PIL import Image
+
+    from visionlab.data.decode import short_side_size, to_rgb_or_l
+
+    from .export_run import runner
+    from .segmentation import palette
+
+    pre, gray = run.info.preprocess, run.info.channels == 1
+    fixed = None if backend == "eager" else tuple(run.info.image_size)     # exports have one (H, W)
+
+    def prepare(frame):
+        im = to_rgb_or_l(Image.fromarray(np.asarray(frame, dtype=np.uint8)), gray)
+        h, w = fixed or short_side_size(im.size[1], im.size[0], int(pre.get("short_side") or 0))
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.BILINEAR)
+        arr = np.array(im, dtype=np.uint8)               # a writable copy: torch.from_numpy shares it
+        return arr.reshape(arr.shape[0], arr.shape[1], -1)
+
+    return FrameSegmenter(prepare, runner(run, backend), run.classes, palette(len(run.classes)), name=backend)
+
+
+# The one task -> frame model table: what a run's task draws on each frame of a stream.
+FRAME_MODELS = {"classification": build_classifier, "segmentation": build_segmenter}
+
+
+def build_frame_model(run_dir, backend: str = "eager"):
+    """The run's frame model for its task (FRAME_MODELS); a UserError naming the supported tasks otherwise."""
+    from .export_run import BACKENDS, as_run
 
     if backend not in BACKENDS:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     run = as_run(run_dir)
-    return FrameClassifier(frame_preprocess(run), runner(run, backend), run.classes, name=backend)
+    if run.cfg.task not in FRAME_MODELS:
+        raise UserError(f"{run.run_dir}: stream runs {' and '.join(FRAME_MODELS)} runs, not task={run.cfg.task}")
+    return FRAME_MODELS[run.cfg.task](run, backend)
 
 
 def build_pipeline(run_dir=None, backend: str = "eager", detector: str | None = "hog", input_size: int | None = None,
@@ -49,7 +89,7 @@ def build_pipeline(run_dir=None, backend: str = "eager", detector: str | None = 
     """(detector or None, classifier or None); at least one of ``run_dir`` and ``detector`` must be given."""
     det = build_detector(detector, input_size, log=log, **detector_params) if detector not in (None, "", "none") \
         else None
-    clf = build_classifier(run_dir, backend) if run_dir else None
+    clf = build_frame_model(run_dir, backend) if run_dir else None
     if det is None and clf is None:
         raise UserError("nothing to run: give a detector (detector=hog|haar|mtcnn) and/or a classifier run "
                         "(run=RUN_DIR)")

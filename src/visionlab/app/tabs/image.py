@@ -1,15 +1,17 @@
-"""The Image tab: upload a picture (or click a test-split example), get the top classes, the class's card, and
-prediction files to download. API name: /classify (file, model) for gradio_client and the HTTP API."""
+"""The Image tab of classification runs: upload a picture (or click a test-split example), get the top classes, the
+class's card, and prediction files to download. API name: /classify (file, model) for gradio_client and the HTTP API.
+Also the webcam's classification frame: the top class drawn on it."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
 from ...data.decode import IMAGE_EXTS
 from ...utils import UserError
 from ..guide import card_markdown
-from ..infer import AppRun, Downloads, annotate, classify_image, display_image, top_dict
+from ..infer import AppRun, Downloads, annotate, classify_frame, classify_image, display_image, top_dict
 from ..upload import TooLarge, open_upload
 
 TOPK = 10           # probabilities kept in the downloads; the bar chart shows the first five
@@ -62,14 +64,21 @@ def make_classify(runs: list[AppRun], downloads: Downloads):
     return classify
 
 
-def _example_label(path: str) -> str:
+def frame_view(app_run: AppRun, rgb: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
+    """The webcam's classification frame: (the frame with the top class drawn on it, the top classes)."""
+    top = classify_frame(app_run, rgb, topk=5)
+    return annotate(rgb, top), top_dict(top)
+
+
+def example_label(path: str) -> str:
     p = Path(path)
     return f"{p.parent.name}/{p.name}"
 
 
-def build_image_tab(runs: list[AppRun], picker: gr.Dropdown, downloads: Downloads) -> None:
-    """Add the Image tab to the open Blocks; ``picker`` is the shared model dropdown."""
-    with gr.Tab("Image", id="image"):
+def build_image_tab(runs: list[AppRun], picker: gr.Dropdown, downloads: Downloads, title: str = "Image",
+                    tab_id: str = "image") -> None:
+    """Add the classification Image tab to the open Blocks for ``runs``; ``picker`` is the shared model dropdown."""
+    with gr.Tab(title, id=tab_id):
         with gr.Row():
             with gr.Column():
                 upload = gr.File(label="Image", file_types=sorted(IMAGE_EXTS), type="filepath",
@@ -78,7 +87,7 @@ def build_image_tab(runs: list[AppRun], picker: gr.Dropdown, downloads: Download
                 examples = list(dict.fromkeys(p for r in runs for p in r.examples))[:12]
                 if examples:
                     gr.Examples([[p] for p in examples], inputs=[upload], label="Examples from the run's test split",
-                                example_labels=[_example_label(p) for p in examples], examples_per_page=12)
+                                example_labels=[example_label(p) for p in examples], examples_per_page=12)
             with gr.Column():
                 status = gr.Markdown(elem_id="image-status")
                 label = gr.Label(num_top_classes=5, label="Top classes", elem_id="image-label")
