@@ -188,6 +188,8 @@ def test_generate_tab(trashnet_run):
     assert not AppRun("trash", api.load_run(trashnet_run)).generative
 
     class Sampler:                      # the contract a generative task offers the tab
+        generates = True
+
         def generate(self, n, seed):
             return np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 1), dtype=np.uint8)
 

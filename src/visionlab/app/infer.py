@@ -46,8 +46,8 @@ class AppRun:
 
     @property
     def generative(self) -> bool:
-        """A run whose task can sample images (the Generate tab's contract: ``task.generate(n, seed)``)."""
-        return callable(getattr(self.run.task, "generate", None))
+        """A run whose task can sample images (the contract's ``generates`` and ``generate(n, seed)``)."""
+        return bool(self.run.task.generates)
 
 
 def _summary(run_dir: Path) -> dict:

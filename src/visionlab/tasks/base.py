@@ -42,6 +42,7 @@ class Task:
     target: str = "label"                       # what a sample's target is: label | mask | boxes | none
     primary_metric: tuple[str, str] = ("val/acc", "max")   # a logged key and its direction (max | min)
     manual_optimization: bool = False           # True: training_step steps self.optimizers itself (e.g. a GAN)
+    generates: bool = False                     # True: ``generate`` samples new images (the app's Generate tab)
     streams: tuple[str, ...] = ("train",)       # training streams ("unlabeled" too for semi-supervised learning)
 
     def __init__(self, model: nn.Module, info, input_size: tuple[int, int]):
@@ -99,6 +100,10 @@ class Task:
 
     def predict(self, images: torch.Tensor) -> Prediction:
         """uint8 NHWC images -> typed predictions."""
+        raise NotImplementedError
+
+    def generate(self, n: int, seed: int) -> torch.Tensor:
+        """``n`` new uint8 [n, H, W, C] images, reproducible from ``seed`` (tasks with ``generates``)."""
         raise NotImplementedError
 
     def export_module(self) -> nn.Module:

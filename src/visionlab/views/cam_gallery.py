@@ -30,7 +30,7 @@ def _show(ax, image: np.ndarray) -> None:
 
 def _as_run(run_dir) -> LoadedRun:
     run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
-    if not hasattr(run.task, "eval_tf"):
+    if run.task.target != "label":
         raise UserError(f"{run.run_dir}: explanations need a classification run (task {run.cfg.task!r})")
     return run
 

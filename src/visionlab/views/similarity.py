@@ -22,7 +22,7 @@ EMBED_BATCH = 500
 
 def _as_run(run_dir) -> LoadedRun:
     run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
-    if not hasattr(run.task, "eval_tf"):
+    if run.task.target != "label":
         raise UserError(f"{run.run_dir}: similarity search needs a classification run (task {run.cfg.task!r})")
     return run
 
