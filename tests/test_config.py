@@ -103,6 +103,17 @@ def test_every_shipped_config_resolves_and_names_a_known_model():
     names = {c.model.name for c in cfgs}
     assert {"drn_c_26", "drn_d_22", "densenet201", "swin_t", "alexnet", "tf_efficientnet_lite0"} <= names
     assert all(n in MODELS or is_timm_name(n) for n in names)
+    # segmentation configs pair task=segmentation with segmentation models (a classifier there fails at build time)
+    from visionlab.models import SEGMENTATION_MODELS
+
+    seg = [c for c in cfgs if c.task == "segmentation"]
+    assert {"lraspp_lite0", "deeplabv3_resnet101", "deeplabv3_lite0", "lraspp_mobilenet_v3_large", "unet"} <= {
+        c.model.name for c in seg}
+    assert all(c.model.name in SEGMENTATION_MODELS for c in seg)
+    assert all(c.model.name not in SEGMENTATION_MODELS for c in cfgs if c.task != "segmentation")
+    lrs = compare.load_spec(root / "compare_camvid_lr.yaml").configs
+    assert sorted(c.optim.lr for c in lrs.values()) == [0.0001, 0.001, 0.01]
+    assert {c.optim.name for c in lrs.values()} == {"sgd"} and {c.optim.momentum for c in lrs.values()} == {0.9}
 
 
 def test_run_name_without_a_config_file_follows_data_and_model():

@@ -236,3 +236,75 @@ def test_neu_det_source_splits_crops_by_photo(data_dir, tmp_path):
     per_split = Counter(split_of_photo.values())
     assert per_split == {"train": 48, "val": 6, "test": 6}                      # 20 photos per class, 8:1:1
     assert build_splits(cfg.data).train.labels.tolist() == s.train.labels.tolist()   # second time: the cache
+
+
+# ---------------------------------------------------------------- `visionlab data check` on a segmentation folder
+
+def _camvid_folder(data_dir: Path, root: Path) -> dict:
+    """A small images/ + masks/ folder from real CamVid pairs with every kind of defect `data check` reports."""
+    import shutil
+
+    src = data_dir / "camvid"
+    names = sorted(p.stem for p in (src / "images" / "train").glob("*.jpg"))[:4]
+    for split in ("train", "test"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+    for n in names[:3]:
+        shutil.copy(src / "images" / "train" / f"{n}.jpg", root / "images" / "train")
+        shutil.copy(src / "masks" / "train" / f"{n}.png", root / "masks" / "train")
+    broken, small, lonely_img, lonely_mask = names[3], "small", "no_mask", "no_image"
+    shutil.copy(src / "images" / "train" / f"{broken}.jpg", root / "images" / "test")
+    data = (src / "masks" / "train" / f"{broken}.png").read_bytes()
+    (root / "masks" / "test" / f"{broken}.png").write_bytes(data[:len(data) // 3])      # truncated PNG
+    shutil.copy(src / "images" / "train" / f"{names[0]}.jpg", root / "images" / "test" / f"{small}.jpg")
+    Image.open(src / "masks" / "train" / f"{names[0]}.png").resize((240, 180), Image.NEAREST).save(
+        root / "masks" / "test" / f"{small}.png")                                      # half-size mask
+    shutil.copy(src / "images" / "train" / f"{names[1]}.jpg", root / "images" / "test" / f"{lonely_img}.jpg")
+    shutil.copy(src / "masks" / "train" / f"{names[1]}.png", root / "masks" / "test" / f"{lonely_mask}.png")
+    good = [np.asarray(Image.open(src / "masks" / "train" / f"{n}.png")) for n in names[:3]]
+    small_mask = np.asarray(Image.open(root / "masks" / "test" / f"{small}.png"))
+    return {"names": names, "hist": sum(np.bincount(m.ravel(), minlength=256) for m in good + [small_mask])}
+
+
+def test_data_check_understands_a_mask_folder(data_dir, tmp_path, capsys):
+    from visionlab.cli.main import cmd_data
+    from visionlab.data.check import check_mask_folder, format_mask_check
+
+    root = tmp_path / "seg"
+    made = _camvid_folder(data_dir, root)
+    r = check_mask_folder(root)
+    assert r["kind"] == "segmentation" and r["layout"] == "split" and r["pairs"] == 5
+    assert r["usable_pairs"] == {"train": 3, "test": 1}               # the truncated mask's pair is not usable
+    assert r["images_without_masks"] == ["images/test/no_mask.jpg"]
+    assert r["masks_without_images"] == ["masks/test/no_image.png"]
+    assert [m["file"] for m in r["unreadable_masks"]] == [f"masks/test/{made['names'][3]}.png"]
+    assert "truncated" in r["unreadable_masks"][0]["reason"] and r["unreadable_images"] == []
+    assert r["size_mismatches"] == [{"image": "images/test/small.jpg", "mask": "masks/test/small.png",
+                                     "image_size": "480x360", "mask_size": "240x180"}]
+    seen = {v["value"]: v["pixels"] for v in r["values"]}             # pixel counts per value, read independently
+    assert seen == {v: int(n) for v, n in enumerate(made["hist"]) if n}
+    assert r["out_of_range"] == []                                    # no classes file: classes are inferred
+
+    # a classes file with fewer classes: the other values are out of range (they would train as 255 = ignore)
+    (root / "classes.txt").write_text("Sky\nBuilding\nPole\nRoad\n")
+    r = check_mask_folder(root)
+    assert {v["value"]: v["class"] for v in r["values"]}[3] == "Road"
+    assert {b["value"] for b in r["out_of_range"]} == {v for v in seen if v > 3}
+    text = format_mask_check(r)
+    assert "images without masks: 1" in text and "unreadable masks: 1" in text and "size mismatches: 1" in text
+    assert "values outside the classes (become 255 = ignore): " in text
+
+    assert cmd_data(["check", str(root)]) == 0                         # the CLI picks the segmentation check
+    out = capsys.readouterr().out
+    assert "segmentation dataset" in out and "5 image/mask pairs found" in out and "Road" in out
+
+
+def test_data_check_names_camvid_classes(data_dir, tmp_path):
+    from visionlab.data.check import check_mask_folder
+
+    root = tmp_path / "camvid"
+    _camvid_folder(data_dir, root)
+    r = check_mask_folder(root)
+    classes = {v["value"]: v["class"] for v in r["values"]}
+    assert classes[0] == "Sky" and classes.get(11, "void") == "void" and r["out_of_range"] == []
+    assert "CamVid" in r["classes_source"]

@@ -166,9 +166,8 @@ def postgres_pw():
     yield from _postgres(PG_PASSWORD)
 
 
-# `visionlab sweep ARGS` through cli.main (its error handling and exit codes), whether or not MODES lists it yet
-SWEEP_MAIN = ("import sys; from visionlab import cli, cli_sweep; cli.MODES.setdefault('sweep', cli_sweep.cmd_sweep); "
-              "sys.exit(cli.main(['sweep', *sys.argv[1:]]))")
+# `visionlab sweep ARGS` through cli.main (its error handling and exit codes)
+SWEEP_MAIN = "import sys; from visionlab import cli; sys.exit(cli.main(['sweep', *sys.argv[1:]]))"
 
 
 def _sweep_cmd(*args: str) -> list[str]:

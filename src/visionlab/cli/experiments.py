@@ -6,7 +6,8 @@ from pathlib import Path
 from ..utils import ConfigError, UserError, read_json
 
 USAGE_SEEDS = "usage: visionlab seeds [CONFIG.yaml] [n=5] [key=value ...]"
-USAGE_COMPARE = "usage: visionlab compare COMPARE.yaml [n=5] [metric=test/acc] [key=value ...]"
+USAGE_COMPARE = ("usage: visionlab compare COMPARE.yaml [n=5] [metric=test/<name>] [key=value ...]  (metric: "
+                 "default the runs' primary metric, test/acc or test/miou)")
 
 
 def _parse(args: list[str], options: tuple[str, ...], usage: str) -> tuple[str | None, dict, list[str]]:
@@ -54,7 +55,9 @@ def cmd_seeds(args: list[str]) -> int:
     header = ["metric", "n", "mean", "std", "95% CI", "min", "max"]
     rows = [[label, str(st["n"]), seeds.fmt(st["mean"], kind), seeds.fmt(st["std"], kind), seeds.ci_text(st, kind),
              seeds.fmt(st["min"], kind), seeds.fmt(st["max"], kind)]
-            for key, label, kind in seeds.SEED_METRICS for st in [data["stats"][key]]]
+            for key, label, kind in seeds.metrics_of(data) for st in [data["stats"][key]]]
+    print(f"{data['primary_metric']} ({data['task']}, {'lower' if data['mode'] == 'min' else 'higher'} is better): "
+          f"{len(data['seeds'])} seeds")
     print(_text_table(header, rows))
     print(f"report: {html}")
     print(html.parent)
@@ -70,8 +73,10 @@ def cmd_compare(args: list[str]) -> int:
         raise UserError(f"pass a compare file first (see configs/compare_*.yaml)\n{USAGE_COMPARE}")
     spec = compare.load_spec(path, overrides, n=_int(opts.get("n"), "n"), metric=opts.get("metric"))
     html = compare.run_compare(spec)
-    header, rows = compare.results_table(read_json(Path(html).parent / "compare.json"))
-    print(f"{spec.metric}, n={spec.n} seeds per variant")
+    data = read_json(Path(html).parent / "compare.json")
+    header, rows = compare.results_table(data)
+    print(f"{data['metric']} ({'lower' if data.get('mode') == 'min' else 'higher'} is better), n={spec.n} seeds "
+          "per variant")
     print(_text_table(header, rows))
     print(f"report: {html}")
     print(html.parent)

@@ -157,7 +157,10 @@ def cmd_data(args: list[str]) -> int:
     action, root = pos
     if action == "check":
         _reject_unknown(kv)
-        print(check.format_check(check.check_dataset(root)))
+        if check.is_mask_folder(root):          # images/ + masks/: a segmentation dataset
+            print(check.format_mask_check(check.check_mask_folder(root)))
+        else:
+            print(check.format_check(check.check_dataset(root)))
         return 0
     ratios = split.parse_ratios(kv.pop("ratios", "8:1:1"))
     seed = _int(kv.pop("seed", "0"), "seed")

@@ -1,4 +1,5 @@
-"""Dataset health checks (`visionlab data check ROOT`) and the per-run data report (data_report.json / .md)."""
+"""Dataset health checks (`visionlab data check ROOT`: class folders, or images/ + masks/ segmentation folders) and
+the per-run data report (data_report.json / .md)."""
 from __future__ import annotations
 
 import hashlib
@@ -82,6 +83,129 @@ def check_dataset(root) -> dict:
             "num_files": len(files), "counts": per_split, "balance": balance, "corrupt": corrupt,
             "ignored": listing.ignored, "duplicates_within_split": within, "duplicates_across_splits": across,
             "sizes": dict(sizes.most_common()), "modes": dict(modes.most_common())}
+
+
+# ---------------------------------------------------------------- segmentation folders (images/ + masks/)
+
+def is_mask_folder(root) -> bool:
+    """A segmentation layout: ROOT/images/ and ROOT/masks/ (data/segmentation.py scan_pairs)."""
+    return (Path(root) / "images").is_dir() and (Path(root) / "masks").is_dir()
+
+
+def _inspect_pair(pair: tuple[str, str]) -> dict:
+    """The image's decode check and size, the mask's raw value histogram and size (or why it does not read)."""
+    import numpy as np
+
+    from .decode import DecodeError
+    from .masks import read_mask
+
+    image = _inspect(pair[0])
+    out = {"image_error": image["error"], "image_size": image.get("size"), "mask_error": None, "mask_size": None,
+           "hist": None}
+    try:
+        m = read_mask(pair[1])
+        out["mask_size"] = f"{m.shape[1]}x{m.shape[0]}"
+        out["hist"] = np.bincount(m.ravel(), minlength=256).astype(np.int64).tolist()
+    except DecodeError as e:
+        out["mask_error"] = str(e)
+    except Exception as e:                       # anything else PIL throws at a hostile file
+        out["mask_error"] = f"unreadable mask: {type(e).__name__}: {e}"[:160]
+    return out
+
+
+def _inspect_pair_chunk(pairs):
+    return [_inspect_pair(p) for p in pairs]
+
+
+def _class_names(spec, values: list[int], origin: str = "the classes file") -> tuple[dict, list[int], str]:
+    """({raw value: class name or 'void'}, out-of-range values, where the names came from)."""
+    from .masks import IGNORE, class_table
+
+    if spec is None:
+        k = max([v for v in values if v != IGNORE], default=-1) + 1
+        names = {v: (f"class_{v}" if v < k else "ignore") for v in values}
+        return names, [], (f"no classes.txt/classes.yaml: values 0..{k - 1} are taken as {k} classes, "
+                           f"{IGNORE} = ignore")
+    try:
+        names, lut, void = class_table(spec)
+    except ValueError as e:
+        return {}, [], f"classes file unusable: {e}"
+    named = {v: names[lut[v]] for v in range(256) if lut[v] != IGNORE}
+    out = {v: named.get(v, "void" if v in void else "OUT OF RANGE") for v in values}
+    return out, [v for v in values if v not in named and v not in void], f"{len(names)} classes from {origin}"
+
+
+def check_mask_folder(root) -> dict:
+    """Inspect a segmentation folder: image/mask pairs per split, images without masks, masks without images,
+    unreadable images and masks, image/mask size mismatches, mask values seen with their pixel counts and class
+    names (classes.txt/classes.yaml), and values outside the classes (they become 255 = ignore in training)."""
+    import numpy as np
+
+    from .masks import read_class_file
+    from .segmentation import scan_pairs
+
+    listing = scan_pairs(root)
+    infos = map_files(_inspect_pair_chunk, [(str(listing.root / p.image), str(listing.root / p.mask))
+                                            for p in listing.pairs])
+    unreadable_images, unreadable_masks, mismatches = [], [], []
+    per_split, hist = Counter(), np.zeros(256, np.int64)
+    for p, info in zip(listing.pairs, infos):
+        if info["image_error"]:
+            unreadable_images.append({"file": p.image, "reason": info["image_error"]})
+        if info["mask_error"]:
+            unreadable_masks.append({"file": p.mask, "reason": info["mask_error"]})
+            continue
+        hist += np.asarray(info["hist"], np.int64)
+        if info["image_size"] and info["mask_size"] != info["image_size"]:
+            mismatches.append({"image": p.image, "mask": p.mask, "image_size": info["image_size"],
+                               "mask_size": info["mask_size"]})
+        if not info["image_error"]:
+            per_split[p.split or "all"] += 1
+    rel = lambda f: Path(f).relative_to(listing.root).as_posix()          # noqa: E731
+    no_mask = [rel(i["file"]) for i in listing.ignored if i["reason"].startswith("no mask")]
+    no_image = [rel(i["file"]) for i in listing.ignored if i["reason"] == "ignored: mask without an image"]
+    other = [{"file": rel(i["file"]), "reason": i["reason"]} for i in listing.ignored
+             if rel(i["file"]) not in set(no_mask) | set(no_image)]
+    values = [int(v) for v in np.flatnonzero(hist)]
+    spec, origin = read_class_file(listing.root), "the classes file"
+    if spec is None and listing.root.resolve().name.lower() == "camvid":     # the shipped CamVid has no classes file
+        from .segmentation import CAMVID_CLASSES
+        spec, origin = {**dict(enumerate(CAMVID_CLASSES)), 11: "void"}, "CamVid's class table (value 11 = void)"
+    names, out_of_range, source = _class_names(spec, values, origin)
+    total = int(hist.sum())
+    return {"root": str(listing.root), "kind": "segmentation", "layout": listing.layout, "pairs": len(listing.pairs),
+            "usable_pairs": per_split, "images_without_masks": no_mask, "masks_without_images": no_image,
+            "ignored": other, "unreadable_images": unreadable_images, "unreadable_masks": unreadable_masks,
+            "size_mismatches": mismatches, "classes_source": source,
+            "values": [{"value": v, "class": names.get(v, ""), "pixels": int(hist[v]),
+                        "fraction": round(float(hist[v]) / total, 6) if total else 0.0} for v in values],
+            "out_of_range": [{"value": v, "pixels": int(hist[v])} for v in out_of_range]}
+
+
+def format_mask_check(report: dict) -> str:
+    """A readable text version of a check_mask_folder() report."""
+    lines = [f"segmentation dataset: {report['root']} ({report['layout']} layout, {report['pairs']} image/mask "
+             "pairs found)", ""]
+    lines += _table(["split", "usable pairs"], [[s, n] for s, n in sorted(report["usable_pairs"].items())]) + [""]
+    for key, title in (("images_without_masks", "images without masks"),
+                       ("masks_without_images", "masks without images")):
+        lines.append(f"{title}: {len(report[key])}")
+        lines += [f"  {f}" for f in report[key][:20]]
+    for key, title in (("unreadable_images", "unreadable images"), ("unreadable_masks", "unreadable masks")):
+        lines.append(f"{title}: {len(report[key])}")
+        lines += [f"  {c['file']}: {c['reason']}" for c in report[key][:20]]
+    lines.append(f"image/mask size mismatches: {len(report['size_mismatches'])}")
+    lines += [f"  {m['image']} {m['image_size']} vs {m['mask']} {m['mask_size']}" for m in report["size_mismatches"][:20]]
+    if report["ignored"]:
+        lines.append(f"ignored files: {len(report['ignored'])}")
+        lines += [f"  {i['file']}: {i['reason']}" for i in report["ignored"][:20]]
+    lines += ["", f"mask values seen: {len(report['values'])} ({report['classes_source']})"]
+    lines += _table(["value", "class", "pixels", "share"],
+                    [[v["value"], v["class"], v["pixels"], f"{100 * v['fraction']:.2f}%"] for v in report["values"]])
+    bad = report["out_of_range"]
+    lines.append(f"values outside the classes (become 255 = ignore): {len(bad)}" +
+                 (" (" + ", ".join(f"{b['value']}: {b['pixels']} px" for b in bad[:12]) + ")" if bad else ""))
+    return "\n".join(lines) + "\n"
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from visionlab import config as C
 from visionlab.engine.rundir import check_name
+from visionlab.experiments import primary as P
 from visionlab.experiments import seeds as S
 from visionlab.experiments import stats
 from visionlab.views.markup import render_html, render_markdown
@@ -20,14 +21,15 @@ SPEC_KEYS = {"name", "config", "overrides", "baseline", "variants", "n", "metric
 
 @dataclass
 class CompareSpec:
-    """A COMPARE.yaml resolved: base config path, shared overrides, variants' overrides, n, metric, folder."""
+    """A COMPARE.yaml resolved: base config path, shared overrides, variants' overrides, n, metric (None: the
+    runs' primary metric on the test split, read from their summary.json), folder."""
     name: str
     config: Path
     overrides: list[str]
     baseline: str
     variants: dict[str, list[str]]
     n: int = 5
-    metric: str = "test/acc"
+    metric: str | None = None
     source: str = ""
     configs: dict[str, C.Config] = field(default_factory=dict)
     parent: Path = Path("runs")
@@ -73,7 +75,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, n: int | Non
     spec = CompareSpec(name=str(d.get("name") or path.stem), config=_resolve_config(d.get("config"), path),
                        overrides=shared, baseline=str(baseline),
                        variants={str(k): _str_list(v, f"variants.{k}", path) for k, v in variants.items()},
-                       n=int(n if n is not None else d.get("n", 5)), metric=metric or d.get("metric") or "test/acc",
+                       n=int(n if n is not None else d.get("n", 5)), metric=metric or d.get("metric") or None,
                        source=str(path))
     if spec.n < 1:
         raise ConfigError(f"n={spec.n}: need at least one seed per variant (n>=2 for confidence intervals)")
@@ -112,9 +114,21 @@ def _values(parent: Path, variant: str, metric: str, n: int | None) -> tuple[lis
     return records, {r["seed"]: float(r[metric]) for r in records}
 
 
+def resolve_metric(parent: Path, meta: dict) -> tuple[str, P.Primary]:
+    """(metric, the runs' primary metric): ``meta["metric"]`` when set, else the primary metric the finished runs'
+    summary.json files declare, on the test split (test/acc, test/miou, ...)."""
+    n = meta.get("n")
+    dirs = [parent / v / r["run_dir"] for v in meta["variant_overrides"]
+            for r in S.collect(parent / v, list(range(n)) if n else None)]
+    primary = P.of_runs(dirs)
+    return meta.get("metric") or primary.test, primary
+
+
 def analyze(parent: Path, meta: dict) -> dict:
     """compare.json's content: per-variant seeds and stats, and each variant against the baseline."""
-    metric, base, n = meta["metric"], meta["baseline"], meta.get("n")
+    metric, primary = resolve_metric(parent, meta)
+    meta = {**meta, "metric": metric, "task": primary.task, "mode": P.mode_of(metric, primary)}
+    base, n = meta["baseline"], meta.get("n")
     variants, values = {}, {}
     for v, over in meta["variant_overrides"].items():
         records, values[v] = _values(parent, v, metric, n)
@@ -130,14 +144,15 @@ def analyze(parent: Path, meta: dict) -> dict:
 
 # ---------------------------------------------------------------- rendering
 
-def metric_kind(metric: str) -> str:
-    """Accuracies print as percent (differences in percentage points); anything else with 4 decimals."""
-    return "pct" if metric.rsplit("/", 1)[-1] in ("acc", "top5") else "f4"
+def metric_kind(metric: str, task: str | None = None) -> str:
+    """Fractions (accuracy, IoU) print as percent (differences in percentage points); anything else with 4
+    decimals; as the task's report prints them."""
+    return P.metric_kind(metric, task)
 
 
 def results_table(data: dict) -> tuple[list[str], list[list[str]]]:
     """The comparison table: per variant mean +- std, 95 % CI, difference to the baseline, its CI and p-values."""
-    kind = metric_kind(data["metric"])
+    kind = metric_kind(data["metric"], data.get("task"))
     dkind = "pp" if kind == "pct" else "f4"
     header = ["variant", "n", "mean \u00b1 std", "95% CI", f"\u0394 vs {data['baseline']} (paired)",
               "\u0394 95% CI", "pairs", "p (paired t)", "p (Welch)"]
@@ -157,12 +172,13 @@ def results_table(data: dict) -> tuple[list[str], list[list[str]]]:
 
 def compare_sections(data: dict, image: str | None) -> tuple[str, list]:
     """Title and report sections (report.py's block format) for a compare.json dict."""
-    kind = metric_kind(data["metric"])
+    kind = metric_kind(data["metric"], data.get("task"))
     header, rows = results_table(data)
     note = ("\u0394: mean of per-seed differences (variant - baseline) over matched seeds, 95% CI from the t "
             "distribution; p (paired t): paired t-test over matched seeds; p (Welch): unequal-variance t-test over "
             "all seeds. std is the sample std (ddof=1). \u2013 means undefined (fewer than 2 seeds, or zero spread).")
-    sections = [(f"Results: {data['metric']}", [("table", header, rows), ("text", note)])]
+    better = "lower" if data.get("mode") == "min" else "higher"
+    sections = [(f"Results: {data['metric']} ({better} is better)", [("table", header, rows), ("text", note)])]
     if image:
         sections.append(("Plot", [("image", image, f"{data['metric']} per seed and variant")]))
     seeds = sorted({int(s) for info in data["variants"].values() for s in info["seeds"]})
@@ -181,7 +197,7 @@ def write_compare(parent: Path, meta: dict) -> Path:
     """Analyze the variant folders under ``parent``; write compare.json, compare.png, compare.md, compare.html."""
     data = analyze(parent, meta)
     write_json(parent / "compare.json", data)
-    scale = 100.0 if metric_kind(data["metric"]) == "pct" else 1.0
+    scale = 100.0 if metric_kind(data["metric"], data.get("task")) == "pct" else 1.0
     label = data["metric"] + (" (%)" if scale == 100.0 else "")
     S.plot_points([(label, {v: list(i["seeds"].values()) for v, i in data["variants"].items()}, scale)],
                   parent / "compare.png")

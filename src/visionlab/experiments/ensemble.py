@@ -45,6 +45,15 @@ def find_members(paths: list[str | Path]) -> list[Path]:
     return runs
 
 
+def _check_votable(run) -> None:
+    """Ensembles vote class probabilities per image; refuse other tasks in one line before any prediction
+    (per-pixel voting of segmentation masks would need its own metrics: mIoU of the voted masks)."""
+    if run.task.target != "label":
+        raise UserError(f"{run.run_dir} is a {run.cfg.task} run: ensembles vote class probabilities per image, "
+                        f"so only classification runs can be ensembled (for {run.cfg.task}, compare seeds with "
+                        "`visionlab seeds` / `visionlab compare`)")
+
+
 def _check_compatible(runs: list) -> None:
     first = runs[0]
     for r in runs[1:]:
@@ -110,7 +119,10 @@ def ensemble(paths: list[str | Path], vote_how: str = "soft", tta: str = "none",
     if split not in ("train", "val", "test"):
         raise ConfigError(f"split must be train, val or test, got {split!r}")
     dirs = find_members(paths)
-    runs = [load_run(d) for d in dirs]
+    runs = []
+    for d in dirs:                 # one at a time: a segmentation member is refused before the others load
+        runs.append(load_run(d))
+        _check_votable(runs[-1])
     _check_compatible(runs)
     probs, labels = member_predictions(runs, split, tta)
     correct = probs.argmax(2) == labels[None, :]

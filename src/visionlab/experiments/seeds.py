@@ -14,15 +14,15 @@ import yaml
 from visionlab import config as C
 from visionlab.engine.lock import check_free
 from visionlab.engine.rundir import check_name, read_status
+from visionlab.experiments import primary as P
 from visionlab.experiments import stats
 from visionlab.views import plots
 from visionlab.views.markup import render_html, render_markdown
 from visionlab.experiments.training import train_and_report
 from visionlab.utils import UserError, atomic_write_text, read_json, write_json
 
-# (key in a seed record, label, format kind for report._fmt-like formatting)
-SEED_METRICS = (("test/acc", "test accuracy", "pct"), ("test/loss", "test loss", "f4"),
-                ("best_epoch", "best epoch", "g"), ("train_s", "train time (s)", "f1"))
+# (key in a seed record, label, format kind for fmt()): after the runs' primary test metric and test/loss
+OTHER_METRICS = (("best_epoch", "best epoch", "g"), ("train_s", "train time (s)", "f1"))
 SEED_DIR = re.compile(r"^seed-(\d+)$")
 # Keys that may differ between a finished seed and this command without changing its result.
 IGNORED_KEYS = {"name", "out_dir", "seed", "resume", "train.progress", "train.tensorboard", "train.threads",
@@ -163,9 +163,25 @@ def failures(parent: Path, seeds: list[int] | None = None) -> dict[int, str]:
     return {k: why for k, why in found.items() if why}
 
 
-def summarize(records: list[dict]) -> dict:
+def seed_metrics(primary: P.Primary, records: list[dict]) -> list[tuple[str, str, str]]:
+    """(key, label, format) of the metrics a seeds report shows: the runs' primary metric on the test split
+    (test/acc, test/miou, ...), test/loss when the runs report it, best epoch and training time."""
+    out = [(primary.test, P.metric_label(primary.test, primary.task), P.metric_kind(primary.test, primary.task))]
+    if primary.test != "test/loss" and any("test/loss" in r for r in records):
+        out.append(("test/loss", "test loss", "f4"))
+    return out + list(OTHER_METRICS)
+
+
+def summarize(records: list[dict], metrics) -> dict:
     """describe() of each seed metric over the records."""
-    return {key: stats.describe([r.get(key) for r in records]) for key, _, _ in SEED_METRICS}
+    return {key: stats.describe([r.get(key) for r in records]) for key, _, _ in metrics}
+
+
+def metrics_of(data: dict) -> list:
+    """The (key, label, format) rows a seeds.json holds (older files: the classification set)."""
+    if data.get("metrics"):
+        return [tuple(m) for m in data["metrics"]]
+    return seed_metrics(P.Primary(*P.LEGACY), data["seeds"])
 
 
 # ---------------------------------------------------------------- rendering
@@ -211,19 +227,21 @@ def plot_points(panels: list[tuple[str, dict, float]], path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, axis="y")
     axes[0].set_title("dots: seeds; square: mean with 95 % CI", fontsize=9, loc="left")
-    plots._save(fig, path)     # the report figures' atomic PNG writer
+    plots.save_figure(fig, path)     # the report figures' atomic PNG writer
 
 
 def seeds_sections(data: dict, image: str | None) -> tuple[str, list]:
     """Title and report sections (report.py's block format) for a seeds.json dict."""
-    recs, st = data["seeds"], data["stats"]
-    per_seed = [[str(r["seed"]), r["run_dir"]] + [fmt(r.get(k), kind) for k, _, kind in SEED_METRICS] for r in recs]
+    recs, st, metrics = data["seeds"], data["stats"], metrics_of(data)
+    per_seed = [[str(r["seed"]), r["run_dir"]] + [fmt(r.get(k), kind) for k, _, kind in metrics] for r in recs]
     agg = [[label, str(st[k]["n"]), fmt(st[k]["mean"], kind), fmt(st[k]["std"], kind), ci_text(st[k], kind),
-            fmt(st[k]["min"], kind), fmt(st[k]["max"], kind)] for k, label, kind in SEED_METRICS]
+            fmt(st[k]["min"], kind), fmt(st[k]["max"], kind)] for k, label, kind in metrics if k in st]
+    better = "lower" if data.get("mode") == "min" else "higher"
+    primary = f"primary metric: {metrics[0][0]} ({better} is better). " if data.get("primary_metric") else ""
     sections = [("Summary over seeds", [("table", ["metric", "n", "mean", "std", "95% CI", "min", "max"], agg),
-                                        ("text", "std: sample standard deviation (ddof=1); 95% CI of the mean from "
-                                                 "the t distribution with n-1 degrees of freedom.")]),
-                ("Per seed", [("table", ["seed", "run", *[label for _, label, _ in SEED_METRICS]], per_seed)])]
+                                        ("text", primary + "std: sample standard deviation (ddof=1); 95% CI of the "
+                                                 "mean from the t distribution with n-1 degrees of freedom.")]),
+                ("Per seed", [("table", ["seed", "run", *[label for _, label, _ in metrics]], per_seed)])]
     if image:
         sections.append(("Plot", [("image", image, "per-seed metrics with mean and 95% CI")]))
     missing = [k for k in range(data.get("n") or 0) if k not in {r["seed"] for r in recs}]
@@ -242,11 +260,16 @@ def write_seeds(parent: Path, meta: dict) -> Path:
     records = collect(parent, list(range(n)) if n else None)
     if not records:
         raise UserError(f"{parent}: no finished seed-<k>/summary.json yet; run `visionlab seeds CONFIG n=5` first")
-    data = {**meta, "name": meta.get("name") or parent.name, "seeds": records, "stats": summarize(records),
+    primary = P.of_runs(parent / r["run_dir"] for r in records)
+    metrics = seed_metrics(primary, records)
+    data = {**meta, "name": meta.get("name") or parent.name, "task": primary.task,
+            "primary_metric": primary.metric, "mode": primary.mode, "metrics": [list(m) for m in metrics],
+            "seeds": records, "stats": summarize(records, metrics),
             "failed": {str(k): why for k, why in failures(parent, list(range(n)) if n else None).items()}}
     write_json(parent / "seeds.json", data)
+    shown = [m for m in metrics if m[0].startswith("test/")][:2]     # the primary metric (and the test loss)
     plot_points([(label + (" (%)" if kind == "pct" else ""), {"seeds": [r.get(k) for r in records]},
-                  100.0 if kind == "pct" else 1.0) for k, label, kind in SEED_METRICS[:2]], parent / "seeds.png")
+                  100.0 if kind == "pct" else 1.0) for k, label, kind in shown], parent / "seeds.png")
     title, sections = seeds_sections(data, "seeds.png")
     atomic_write_text(parent / "seeds.md", render_markdown(title, sections))
     atomic_write_text(parent / "seeds.html", render_html(title, sections))

@@ -206,6 +206,7 @@ def run_sweep(config, space_path, overrides: list[str] | None = None, *, trials:
     optuna.logging.set_verbosity(optuna.logging.ERROR)     # our own one line per trial instead
     space = S.load_space(space_path, trials, timeout)
     base = _base_config(config, list(overrides or []))
+    S.resolve_objective(space, base["task"])
     S.check_params(space, base)
     sweep_dir = Path(base["out_dir"]) / space.name
     sweep_dir.mkdir(parents=True, exist_ok=True)

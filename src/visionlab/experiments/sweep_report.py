@@ -13,12 +13,16 @@ import yaml
 from optuna.trial import TrialState
 
 from visionlab import config as C
+from visionlab.experiments import primary as P
 from visionlab.experiments import seeds, stats
 from visionlab.views import plots
 from visionlab.experiments import sweep_space as S
 from visionlab.utils import atomic_write_text, write_json
 
-CONFIRM_METRICS = ("test/acc",)       # plus best/<metric> when the sweep metric is the task's primary metric
+def confirm_metrics(primary: P.Primary, space: S.Space) -> tuple[str, ...]:
+    """The runs' primary metric on the test split (test/acc, test/miou, ...), plus best/<metric> when the sweep
+    optimised that primary metric (the validation figure it chose by)."""
+    return (primary.test,) + ((f"best/{space.metric}",) if space.metric == primary.metric else ())
 
 
 def trials_table(study: optuna.Study, space: S.Space) -> list[dict]:
@@ -83,7 +87,7 @@ def plot_sweep(rows: list[dict], space: S.Space, path: Path) -> None:
     axes[0].set_ylabel(space.metric + (" (pruned: last epoch)" if any(r["state"] == "PRUNED" for r in done) else ""))
     axes[0].legend(fontsize=8)
     fig.suptitle(f"sweep {space.name}: {len(complete)} complete, {len(done) - len(complete)} pruned", fontsize=10)
-    plots._save(fig, path)      # the report figures' atomic PNG writer
+    plots.save_figure(fig, path)      # the report figures' atomic PNG writer
 
 
 def best_config(trial: optuna.trial.FrozenTrial, space: S.Space, out_dir: str) -> dict:
@@ -127,21 +131,25 @@ def top_trials(study: optuna.Study, space: S.Space, k: int) -> list[optuna.trial
 def confirm_top(study: optuna.Study, space: S.Space, sweep_dir: Path, k: int, n: int, log) -> list[dict]:
     """Rerun the top ``k`` configs over seeds 0..n-1 in confirm/<rank>/seed-<s>/ (finished seeds are reused);
     mean, std, 95 % t CI per config and the paired t-test of each against the sweep's best over matched seeds."""
-    metrics = CONFIRM_METRICS + ((f"best/{space.metric}",) if space.metric == "val/acc" else ())
-    entries = []
-    for rank, trial in enumerate(top_trials(study, space, k), start=1):
+    top = top_trials(study, space, k)
+    for rank, trial in enumerate(top, start=1):
         cfg = C.from_dict(best_config(trial, space, str(sweep_dir)))
-        parent = sweep_dir / "confirm" / str(rank)
         for s in range(n):
-            seeds.ensure_seed(cfg, parent, s, log)
-        recs = seeds.collect(parent, list(range(n)))
+            seeds.ensure_seed(cfg, sweep_dir / "confirm" / str(rank), s, log)
+    recs = {rank: seeds.collect(sweep_dir / "confirm" / str(rank), list(range(n))) for rank in range(1, len(top) + 1)}
+    primary = P.of_runs(sweep_dir / "confirm" / str(rank) / r["run_dir"] for rank, rs in recs.items() for r in rs)
+    metrics = confirm_metrics(primary, space)
+    entries = []
+    for rank, trial in enumerate(top, start=1):
         entries.append({"rank": rank, "trial": trial.number, "params": dict(trial.params), "sweep_value": trial.value,
-                        "values": {m: {r["seed"]: r.get(m) for r in recs if r.get(m) is not None} for m in metrics}})
+                        "values": {m: {r["seed"]: r.get(m) for r in recs[rank] if r.get(m) is not None}
+                                   for m in metrics}})
     for e in entries:
         e["stats"] = {m: stats.describe(list(e["values"][m].values())) for m in metrics}
         e["vs_best"] = {m: stats.compare_to_baseline(entries[0]["values"][m], e["values"][m]) if e["rank"] > 1
                         else None for m in metrics}
     write_json(sweep_dir / "confirm.json", {"sweep": space.name, "seeds": n, "metrics": list(metrics),
+                                            "primary_metric": primary.metric, "mode": primary.mode,
                                             "configs": entries})
     atomic_write_text(sweep_dir / "confirm.md", confirm_markdown(entries, metrics, space, n))
     render_sweep(sweep_dir)

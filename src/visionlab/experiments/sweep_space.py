@@ -61,8 +61,8 @@ class Space:
     trials: int | None = None
     timeout: float | None = None
     seed: int = 0
-    metric: str = "val/acc"
-    direction: str = "maximize"
+    metric: str | None = None       # None: the task's primary metric (val/acc, val/miou, ...); see resolve_objective
+    direction: str | None = None    # None: the primary metric's mode (max -> maximize), minimize for a loss
     prune: dict | None = field(default_factory=dict)      # MedianPruner kwargs; None turns pruning off
     report: bool = True                                   # report.html per trial, as `visionlab train` writes
 
@@ -155,16 +155,20 @@ def load_space(path: str | Path, trials: int | None = None, timeout: float | Non
                   params=[_param(path, str(k), v) for k, v in params.items()],
                   trials=trials if trials is not None else raw.get("trials"),
                   timeout=timeout if timeout is not None else raw.get("timeout"), seed=int(raw.get("seed", 0)),
-                  metric=str(raw.get("metric", "val/acc")), direction=str(raw.get("direction", "maximize")),
+                  metric=_opt_str(raw.get("metric")), direction=_opt_str(raw.get("direction")),
                   prune=_prune(path, raw.get("prune", True)), report=bool(raw.get("report", True)))
     _check_space(path, space)
     return space
 
 
+def _opt_str(value) -> str | None:
+    return None if value is None else str(value)
+
+
 def _check_space(path, space: Space) -> None:
-    if space.direction not in ("maximize", "minimize"):
+    if space.direction is not None and space.direction not in ("maximize", "minimize"):
         _fail(path, f"direction: expected maximize or minimize, got {space.direction!r}")
-    if not space.metric.startswith("val/"):
+    if space.metric is not None and not space.metric.startswith("val/"):
         # the test split estimates the chosen config honestly only if it never took part in choosing it
         _fail(path, f"metric: {space.metric!r} is not a per-epoch validation metric; use val/acc, val/loss, ...")
     if space.strategy == "grid":
@@ -177,6 +181,18 @@ def _check_space(path, space: Space) -> None:
             _fail(path, f"{name}: expected a number >= 0, got {value!r}")
     if space.strategy != "grid" and not space.trials and not space.timeout:
         _fail(path, "no budget: set trials: N and/or timeout: SECONDS (or pass trials=N / timeout=S)")
+
+
+def resolve_objective(space: Space, task: str) -> Space:
+    """Fill in what SPACE.yaml left out: metric = the task's primary metric (val/acc for classification,
+    val/miou for segmentation), direction = its mode (a loss or another min metric: minimize)."""
+    from visionlab.experiments import primary as P
+
+    if space.metric is None or space.direction is None:
+        primary = P.of_task(task)
+        space.metric = space.metric or primary.metric
+        space.direction = space.direction or ("maximize" if P.mode_of(space.metric, primary) == "max" else "minimize")
+    return space
 
 
 def check_params(space: Space, base: dict) -> None:
