@@ -24,8 +24,12 @@ RECIPES = {     # task -> (overrides, a real image to predict, the primary metri
 }
 
 
-def test_every_task_has_a_recipe():
-    assert sorted(RECIPES) == TASKS.names()
+def test_every_task_has_a_recipe_and_declares_its_metric():
+    from visionlab.tasks import declared_metric
+    from visionlab.views.tasks import TASK_VIEWS
+
+    assert sorted(RECIPES) == TASKS.names() == sorted(TASK_VIEWS)
+    assert {t: declared_metric(t)[0] for t in TASKS.names()} == {t: r[2] for t, r in RECIPES.items()}
 
 
 _RUNS: dict = {}

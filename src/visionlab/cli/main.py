@@ -35,7 +35,7 @@ modes:
   data faces SRC OUT [detector=haar|mtcnn] [margin=0.2] [size=112] [min_size=20]   face crops, class folders kept
   data balance SRC OUT [max_per_class=N] [mode=cap|oversample] [seed=0]          cap or oversample classes
   seeds CONFIG.yaml [n=5] [key=value ...]          the run over n seeds: mean, std, 95 % CI (skips finished seeds)
-  compare COMPARE.yaml [n=5] [metric=test/acc]     baseline vs variants over matched seeds: differences, CIs, p-values
+  compare COMPARE.yaml [n=5] [metric=test/<primary>] baseline vs variants over matched seeds: differences, CIs, p-values
   ensemble RUN_DIR|SEEDS_DIR ... [vote=soft|hard|both] [tta=none|flip] [split=test] [out=DIR]
                                          soft/hard voting of finished runs vs their members' mean +- std
   sweep CONFIG.yaml SPACE.yaml [trials=N] [timeout=S] [storage=URL] [worker=true] [confirm=K n=5] [key=value ...]

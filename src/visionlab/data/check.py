@@ -260,7 +260,7 @@ def write_data_report(splits, run_dir) -> dict:
     names = list(s["counts"])
     rows = [[c] + [s["counts"][n][c] for n in names] for c in s["classes"]]
     rows.append(["total"] + [s["totals"][n] for n in names])
-    md = [f"# Data report\n", f"Source: {s['source']}  ", f"Images: {s['channels']} channel(s), "
+    md = ["# Data report\n", f"Source: {s['source']}  ", f"Images: {s['channels']} channel(s), "
           f"{s['image_size'][0]}x{s['image_size'][1]}; preprocess: {s['preprocess']}\n",
           "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     md += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]

@@ -2,12 +2,11 @@
 classification, val/acc, max), its test-split key and direction, and how its numbers print (percent or decimals)."""
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 from visionlab.run import test_key
-from visionlab.utils import ConfigError, UserError, read_json
+from visionlab.utils import UserError, read_json
 
 LEGACY = ("classification", "val/acc", "max")       # what a summary.json without "primary_metric" was
 FRACTIONS = ("acc", "top5", "miou", "pixel_acc", "mean_acc", "fwiou", "map")   # print as percent without a view
@@ -55,19 +54,10 @@ def of_runs(run_dirs) -> Primary:
 
 
 def of_task(task: str) -> Primary:
-    """The primary metric a task declares, before any run exists (a sweep must know its direction up front):
-    the class attribute of the Task its registered builder returns."""
-    from visionlab.tasks import TASKS, Task
+    """The primary metric a task declares, before any run exists (a sweep must know its direction up front)."""
+    from visionlab.tasks import declared_metric
 
-    builder = TASKS.get(task)                 # ConfigError naming the valid tasks
-    try:
-        cls = typing.get_type_hints(builder).get("return")
-    except Exception:                         # an unresolvable annotation: say what to set instead
-        cls = None
-    if not (isinstance(cls, type) and issubclass(cls, Task)):
-        raise ConfigError(f"task {task!r}: cannot tell its primary metric before training; set metric: and "
-                          "direction: in SPACE.yaml")
-    metric, mode = cls.primary_metric
+    metric, mode = declared_metric(task)      # ConfigError naming the valid tasks
     return Primary(task, metric, mode)
 
 

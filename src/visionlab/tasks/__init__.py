@@ -7,6 +7,13 @@ from .segmentation import SegmentationParams, SegmentationTask, build_segmentati
 TASKS = Registry("task")
 TASKS.register("classification", build_classification)
 TASKS.register("segmentation", build_segmentation)
+_CLASSES = {"classification": ClassificationTask, "segmentation": SegmentationTask}    # one row per registered task
+
+
+def declared_metric(task: str) -> tuple[str, str]:
+    """(primary metric, max|min) that ``task`` declares, known before any run exists (sweeps, compare defaults)."""
+    TASKS.get(task)                             # ConfigError naming the valid tasks
+    return _CLASSES[task].primary_metric
 
 __all__ = ["TASKS", "Task", "Prediction", "ClassificationTask", "ClassificationParams", "SegmentationTask",
-           "SegmentationParams", "default_image_size"]
+           "SegmentationParams", "declared_metric", "default_image_size"]
