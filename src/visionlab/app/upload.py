@@ -10,7 +10,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..data.decode import apply_max_pixels, letterbox, short_side_size, to_rgb_or_l, too_large
+from ..data.decode import apply_max_pixels, prepare_image, to_rgb_or_l, too_large
 from ..utils import UserError
 
 DECODE_MAX = 2048           # longest side kept when decoding: 3x the shown picture, 9x a 224 px model input
@@ -71,18 +71,5 @@ def open_upload(path) -> Image.Image:
 
 
 def model_input(im: Image.Image, preprocess: dict) -> np.ndarray:
-    """The run's preprocessing of a decoded image, as data.decode.load_image applies it after decoding (uint8 HWC)."""
-    im = to_rgb_or_l(im, bool(preprocess.get("grayscale")))
-    if preprocess.get("pad_square"):
-        im = letterbox(im)
-    short = int(preprocess.get("short_side") or 0)          # segmentation sources: short side N, aspect kept
-    if short:
-        h, w = short_side_size(im.size[1], im.size[0], short)
-        if im.size != (w, h):
-            im = im.resize((w, h), Image.BILINEAR)
-    size = preprocess.get("image_size") or 0
-    wh = (int(size[1]), int(size[0])) if isinstance(size, (list, tuple)) else (int(size), int(size))
-    if size and im.size != wh:
-        im = im.resize(wh, Image.BILINEAR)
-    arr = np.asarray(im, dtype=np.uint8)
-    return arr[:, :, None] if arr.ndim == 2 else arr
+    """The run's preprocessing of a decoded image, exactly as data.decode.load_image applies it (uint8 HWC)."""
+    return prepare_image(im, preprocess)

@@ -173,12 +173,15 @@ def short_side_size(h: int, w: int, short_side: int) -> tuple[int, int]:
 
 
 def load_image(path, preprocess: dict) -> np.ndarray:
-    """Decode one file into uint8 HWC (C = 3, or 1 when grayscale); raises DecodeError for bad files.
+    """Decode one file into uint8 HWC (C = 3, or 1 when grayscale); raises DecodeError for bad files."""
+    return prepare_image(_open(path), preprocess)
 
-    ``preprocess`` is Splits.preprocess: image_size (0 = native, N = NxN, or [H, W]), short_side (segmentation
-    sources: resize so the short side is N, aspect kept), pad_square, grayscale.
-    """
-    im = to_rgb_or_l(_open(path), bool(preprocess.get("grayscale")))
+
+def prepare_image(im: Image.Image, preprocess: dict) -> np.ndarray:
+    """A decoded image as the data pipeline makes a sample of it (uint8 HWC). ``preprocess`` is Splits.preprocess:
+    image_size (0 = native, N = NxN, or [H, W]), short_side (segmentation sources: resize so the short side is N,
+    aspect kept), pad_square, grayscale."""
+    im = to_rgb_or_l(im, bool(preprocess.get("grayscale")))
     if preprocess.get("pad_square"):
         im = letterbox(im)
     short = int(preprocess.get("short_side") or 0)

@@ -17,7 +17,7 @@ from . import cache
 from .base import ImageSet, channel_stats
 from .decode import IMAGE_EXTS, decode_files, preprocess_dict, probe, try_load, verify_files
 from .split import (SPLIT_NAMES, holdout, limit_indices, make_splits, missing_data_error, parse_ratios,
-                    split_train_val_test, stratified_split, write_manifest)
+                    split_names, stratified_split, write_manifest)
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 STATS_SAMPLE = 500
@@ -112,13 +112,9 @@ def scan_folder(root) -> Listing:
 def assign_splits(listing: Listing, cfg) -> np.ndarray:
     """The split name ('train', 'val', 'test') of every entry, seeded and stratified where the folder has none."""
     labels = np.array([e.label for e in listing.entries], np.int64)
-    out = np.empty(len(labels), dtype=object)
     if listing.layout == "flat":
-        tr, va, te = split_train_val_test(labels, cfg.split, cfg.val_fraction, cfg.split_seed)
-        out[tr], out[te] = "train", "test"
-        if va is not None:
-            out[va] = "val"
-        return out
+        return split_names(labels, cfg)
+    out = np.empty(len(labels), dtype=object)
     have = set(listing.split_dirs)
     if "train" not in have or "test" not in have:
         missing = "train" if "train" not in have else "test"

@@ -29,7 +29,7 @@ from .base import ImageSet, Splits
 from .decode import IMAGE_EXTS, map_files, probe
 from .masks import (IGNORE, class_table, decode_pair_chunk, dominant_class, histogram_chunk, out_of_range,
                     read_class_file, short_side_size, stack_pairs, valid_stats)
-from .split import holdout, limit_indices, missing_data_error, split_train_val_test
+from .split import holdout, limit_indices, missing_data_error, split_names
 
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
                   "Bicyclist"]                                     # value 11 = void -> 255
@@ -135,13 +135,9 @@ def _classes(spec, hist: np.ndarray):
 
 def _assign_splits(listing: PairListing, labels: np.ndarray, cfg) -> np.ndarray:
     """The split of each pair: from the folders (val held out of train when missing), else a seeded cfg.split."""
-    out = np.empty(len(labels), dtype=object)
     if listing.layout == "flat":
-        tr, va, te = split_train_val_test(labels, cfg.split, cfg.val_fraction, cfg.split_seed)
-        out[tr], out[te] = "train", "test"
-        if va is not None:
-            out[va] = "val"
-        return out
+        return split_names(labels, cfg)
+    out = np.empty(len(labels), dtype=object)
     out[:] = [p.split for p in listing.pairs]
     have = set(out.tolist())
     for need in ("train", "test"):

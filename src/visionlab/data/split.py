@@ -114,6 +114,17 @@ def split_train_val_test(labels, split: str, val_fraction: float, seed: int):
     return parts[0][train], (None if val is None else parts[0][val]), parts[1]
 
 
+def split_names(labels, cfg) -> np.ndarray:
+    """'train' / 'val' / 'test' per sample: the seeded, stratified cfg.split (cfg.val_fraction held out of train
+    when the ratio has no val part), as a folder without split folders gets it."""
+    out = np.empty(len(labels), dtype=object)
+    tr, va, te = split_train_val_test(labels, cfg.split, cfg.val_fraction, cfg.split_seed)
+    out[tr], out[te] = "train", "test"
+    if va is not None:
+        out[va] = "val"
+    return out
+
+
 def holdout(labels, val_fraction: float, seed: int):
     """(train_idx, val_idx or None): a stratified, seeded validation hold-out of ``val_fraction``."""
     if not 0 <= val_fraction < 1:
