@@ -1,5 +1,5 @@
 """The task contract's acceptance test, parametrized over every registered task: one short training on real data
-through the CLI, then report, eval, predict and ONNX export parity, each producing the task's own outputs. A task
+through the CLI, then report, eval, predict, ONNX export parity and the app's handler, each producing the task's own outputs. A task
 registered without a recipe here fails, so a new task is tested the moment it is registered."""
 from __future__ import annotations
 
@@ -115,3 +115,28 @@ def test_segmentation_metrics_match_a_direct_computation(tmp_path_factory, monke
             ious.append((t & p).sum() / union)
     s = json.loads((run_dir / "summary.json").read_text())
     assert s["test/miou"] == pytest.approx(float(np.mean(ious)), abs=2e-3)   # bf16 autocast in training eval
+
+
+def test_the_apps_handler_gives_the_tasks_own_view(task_run):
+    """The app's row for the task (app/tabs/tasks.py) turns a frame into the task's own picture and scores: the top
+    classes for classification, the class areas of the mask for segmentation, equal to what predict says."""
+    from visionlab.app.infer import load_app_runs
+    from visionlab.app.tabs.tasks import tab_for
+    from visionlab.run import load_run, predict
+
+    task, run_dir = task_run
+    app_run = load_app_runs([run_dir])[0]
+    run = load_run(run_dir)
+    h, w = run.info.image_size
+    frame = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    if run.info.channels == 1:
+        frame = np.repeat(frame[..., :1], 3, axis=2)
+    shown, scores = tab_for(task).frame_view(app_run, frame)
+    assert shown.shape[-1] == 3 and shown.dtype == np.uint8 and scores
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    expected = predict(run, [frame if run.info.channels == 3 else frame[..., :1]])[0]
+    if task == "segmentation":
+        assert scores.keys() == expected["areas"].keys()
+        assert sum(scores.values()) == pytest.approx(1.0, abs=1e-6)
+    else:
+        assert max(scores, key=scores.get) == expected[0][0]
