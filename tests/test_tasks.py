@@ -1,6 +1,6 @@
 """The task contract's acceptance test, parametrized over every registered task: one short training on real data
-through the CLI, then report, eval, predict, ONNX export parity and the app's handler, each producing the task's own outputs. A task
-registered without a recipe here fails, so a new task is tested the moment it is registered."""
+through the CLI, then report, eval, predict, ONNX export parity and the app's handler, each producing the task's own
+outputs. A task registered without a recipe here fails, so a new task is tested the moment it is registered."""
 from __future__ import annotations
 
 import csv
