@@ -103,11 +103,13 @@ def cmd_predict(args: list[str]) -> int:
     pos, kv = _split_args(args)
     if len(pos) < 2:
         raise UserError("usage: visionlab predict RUN_DIR IMAGE [IMAGE ...] [topk=5] [out=DIR]")
-    topk = _int(kv.pop("topk", "5"), "topk")
+    topk = _int(kv.pop("topk", "5"), "topk", minimum=1)
     out = kv.pop("out", "")
     _reject_unknown(kv)
-    if topk < 1:
-        raise ConfigError(f"topk={topk} is out of range: it must be >= 1; e.g. topk=5")
+    for image in pos[1:]:
+        if not Path(image).is_file():
+            raise UserError(f"{image}: " + ("is a folder; pass image files (e.g. FOLDER/*.jpg)" if Path(image).is_dir()
+                                            else "image not found; check the path"))
     run = api.load_run(pos[0])
     results = [api.predict(run, [image], topk=topk)[0] for image in pos[1:]]   # images may differ in size
     out_dir = Path(out) if out else Path(pos[0]) / "predictions"
