@@ -18,3 +18,5 @@ bench:           ## the speed benchmarks (about 20 minutes on 2 cores)
 	.venv/bin/python benchmarks/ddp_scaling.py
 	.venv/bin/python benchmarks/sweep_overhead.py
 	.venv/bin/python benchmarks/stream_fps.py
+	.venv/bin/python benchmarks/seg_throughput.py
+	.venv/bin/python benchmarks/seg_augment.py
