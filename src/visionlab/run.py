@@ -166,9 +166,8 @@ def predict(run_dir: str | Path | LoadedRun, images, topk: int = 5) -> list:
     "areas": {class: fraction of the image}}."""
     if topk < 1:
         raise ConfigError(f"topk={topk} is out of range: it must be >= 1; e.g. topk=5")
-    pred = predict_batch(run_dir, images)
-    run = run_dir if isinstance(run_dir, LoadedRun) else None
-    classes = run.classes if run else pred.classes
+    run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
+    pred, classes = predict_batch(run, images), run.classes
     if pred.kind == "classes":
         probs = pred.probs.cpu()
         top = probs.topk(min(topk, probs.shape[1]), dim=1)
@@ -184,8 +183,7 @@ def predict(run_dir: str | Path | LoadedRun, images, topk: int = 5) -> list:
 
 
 def predict_batch(run_dir: str | Path | LoadedRun, images):
-    """The task's typed Prediction (tasks.base.Prediction) for a list of image files or uint8 HWC arrays; the
-    prediction carries ``classes`` (the run's class names) as an attribute for convenience."""
+    """The task's typed Prediction (tasks.base.Prediction) for a list of image files or uint8 HWC arrays."""
     from .data.decode import try_load
 
     run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
@@ -202,9 +200,7 @@ def predict_batch(run_dir: str | Path | LoadedRun, images):
         raise UserError(f"images of different sizes ({', '.join(str(s[:2]) for s in sorted(shapes))}) cannot share a "
                         "batch; predict them one at a time")
     batch = torch.from_numpy(np.stack([a if a.ndim == 3 else a[..., None] for a in arrays])).to(run.device)
-    pred = run.task.predict(batch)
-    pred.classes = run.classes
-    return pred
+    return run.task.predict(batch)
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from ..utils import ConfigError, UserError
 from . import cache
 from .base import ImageSet, channel_stats
 from .decode import IMAGE_EXTS, decode_files, preprocess_dict, probe, try_load, verify_files
-from .split import (SPLIT_NAMES, holdout, limit_indices, make_splits, missing_data_error, parse_ratios,
+from .split import (SPLIT_NAMES, hold_out_val, limit_indices, make_splits, missing_data_error, parse_ratios,
                     split_names, stratified_split, write_manifest)
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -123,12 +123,7 @@ def assign_splits(listing: Listing, cfg) -> np.ndarray:
                         f"{listing.root}/<class>/ (no split folders) and visionlab makes a seeded "
                         f"data.split=8:1:1 split")
     out[:] = [e.split for e in listing.entries]
-    if "val" not in have:
-        tr_idx = np.flatnonzero(out == "train")
-        _, va = holdout(labels[tr_idx], cfg.val_fraction, cfg.split_seed)
-        if va is not None:
-            out[tr_idx[va]] = "val"
-    return out
+    return hold_out_val(out, labels, cfg)
 
 
 def _root_for(cfg, name: str) -> Path:

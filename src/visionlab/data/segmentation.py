@@ -29,7 +29,7 @@ from .base import ImageSet, Splits
 from .decode import IMAGE_EXTS, map_files, probe
 from .masks import (IGNORE, class_table, decode_pair_chunk, dominant_class, histogram_chunk, out_of_range,
                     read_class_file, short_side_size, stack_pairs, valid_stats)
-from .split import holdout, limit_indices, missing_data_error, split_names
+from .split import hold_out_val, limit_indices, missing_data_error, split_names
 
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car", "Pedestrian",
                   "Bicyclist"]                                     # value 11 = void -> 255
@@ -145,12 +145,7 @@ def _assign_splits(listing: PairListing, labels: np.ndarray, cfg) -> np.ndarray:
             raise UserError(f"{listing.root}/images has split folders but no readable {need}/ pairs: add "
                             f"images/{need}/ and masks/{need}/, or use a flat images/ + masks/ layout "
                             f"(visionlab then makes a seeded data.split={cfg.split} split)")
-    if "val" not in have:
-        tr = np.flatnonzero(out == "train")
-        _, va = holdout(labels[tr], cfg.val_fraction, cfg.split_seed)
-        if va is not None:
-            out[tr[va]] = "val"
-    return out
+    return hold_out_val(out, labels, cfg)
 
 
 def _decode(cfg, name: str, listing: PairListing, idx: np.ndarray, lut: np.ndarray, pre: dict):

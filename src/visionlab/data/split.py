@@ -125,6 +125,16 @@ def split_names(labels, cfg) -> np.ndarray:
     return out
 
 
+def hold_out_val(split_of: np.ndarray, labels, cfg) -> np.ndarray:
+    """Split folders without val/: hold cfg.val_fraction of train out as val (seeded, stratified), in place."""
+    if "val" not in set(split_of.tolist()):
+        tr = np.flatnonzero(split_of == "train")
+        _, va = holdout(np.asarray(labels)[tr], cfg.val_fraction, cfg.split_seed)
+        if va is not None:
+            split_of[tr[va]] = "val"
+    return split_of
+
+
 def holdout(labels, val_fraction: float, seed: int):
     """(train_idx, val_idx or None): a stratified, seeded validation hold-out of ``val_fraction``."""
     if not 0 <= val_fraction < 1:

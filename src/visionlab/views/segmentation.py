@@ -134,11 +134,7 @@ def show_predictions(results: list, images: list[str], out_dir: Path | None) -> 
     for image, r in zip(images, results):
         mask = r["mask"]
         stem = Path(str(image)).stem
-        png = Image.fromarray(mask, mode="P")
-        png.putpalette(palette(256).ravel().tolist())
-        buf = io.BytesIO()
-        png.save(buf, format="PNG")
-        atomic_write_bytes(out_dir / f"{stem}_mask.png", buf.getvalue())
+        atomic_write_bytes(out_dir / f"{stem}_mask.png", mask_png(mask))
         arr, _ = try_load(str(image), {})
         if arr is not None:                       # the overlay at the size the model saw
             im = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)

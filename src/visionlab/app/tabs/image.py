@@ -31,6 +31,18 @@ def upload_path(upload: dict | str | None) -> tuple[str | None, str]:
     return upload, Path(upload or "").name
 
 
+NO_UPLOAD = "Upload an image (JPEG, PNG, WebP, ...) or click an example."
+
+
+def refuse(verb: str, name: str, err: UserError) -> str:
+    """Warn about a bad upload (empty, truncated, not an image, over the pixel limit) and return the status line; the
+    handler returns it instead of raising, so the page and the server carry on."""
+    hint = "" if isinstance(err, TooLarge) else " Upload a JPEG, PNG or other image file."
+    msg = f"Cannot {verb} {name}: {err}.{hint}"
+    gr.Warning(msg)
+    return f"**{msg}**"
+
+
 def make_classify(runs: list[AppRun], downloads: Downloads):
     """The event handler: (upload, model name) -> (label, annotated image, card, status, download files).
 
@@ -40,17 +52,14 @@ def make_classify(runs: list[AppRun], downloads: Downloads):
     def classify(upload: dict | str | None, model: str | None):
         path, name = upload_path(upload)
         if not path:
-            return None, None, "", "Upload an image (JPEG, PNG, WebP, ...) or click an example.", None
+            return None, None, "", NO_UPLOAD, None
         app_run = run_by_name(runs, model)
         try:
             im = open_upload(path)               # decoded once; the error says why (empty, too large, ...)
             top = classify_image(app_run, im, TOPK)
             picture = display_image(im)
         except UserError as e:
-            hint = "" if isinstance(e, TooLarge) else " Upload a JPEG, PNG or other image file."
-            msg = f"Cannot classify {name}: {e}.{hint}"
-            gr.Warning(msg)
-            return None, None, "", f"**{msg}**", None
+            return None, None, "", refuse("classify", name, e), None
         shown = annotate(picture, top)
         files = downloads.write(app_run, name, top, shown)
         cls, p = top[0]

@@ -13,8 +13,8 @@ from ...data.decode import IMAGE_EXTS
 from ...utils import UserError
 from ...views.segmentation import overlay_scaled, palette
 from ..infer import AppRun, Downloads, display_image, segment_frame, segment_image
-from ..upload import TooLarge, open_upload
-from .image import example_label, run_by_name, upload_path
+from ..upload import open_upload
+from .image import NO_UPLOAD, example_label, refuse, run_by_name, upload_path
 
 MAX_BARS = 20           # classes shown as bars; the legend table lists every class found
 
@@ -58,17 +58,14 @@ def make_segment(runs: list[AppRun], downloads: Downloads):
     def segment(upload: dict | str | None, model: str | None):
         path, name = upload_path(upload)
         if not path:
-            return None, None, "", "Upload an image (JPEG, PNG, WebP, ...) or click an example.", None
+            return None, None, "", NO_UPLOAD, None
         app_run = run_by_name(runs, model)
         try:
             im = open_upload(path)               # decoded once; the error says why (empty, too large, ...)
             result = segment_image(app_run, im)
             picture = display_image(im)
         except UserError as e:
-            hint = "" if isinstance(e, TooLarge) else " Upload a JPEG, PNG or other image file."
-            msg = f"Cannot segment {name}: {e}.{hint}"
-            gr.Warning(msg)
-            return None, None, "", f"**{msg}**", None
+            return None, None, "", refuse("segment", name, e), None
         shown = shown_overlay(app_run, picture, result)
         files = downloads.write_mask(app_run, name, result, shown)
         cls, share = max(result["areas"].items(), key=lambda t: t[1])
