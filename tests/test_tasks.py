@@ -117,6 +117,45 @@ def test_segmentation_metrics_match_a_direct_computation(tmp_path_factory, monke
     assert s["test/miou"] == pytest.approx(float(np.mean(ious)), abs=2e-3)   # bf16 autocast in training eval
 
 
+def test_eval_at_another_resolution_scores_upsampled_predictions(tmp_path_factory, monkeypatch):
+    """`visionlab eval RUN data.image_size=N segmentation.tta_scales=[s]`: the model runs at s x N and its upsampled
+    output is scored against the masks decoded at N (the native-resolution protocol), in eval_test-<tag>.json; the
+    same settings as training reproduce the training-time figure; keys that change what was trained are refused."""
+    run_dir = _trained("segmentation", tmp_path_factory)
+    monkeypatch.setenv("VISIONLAB_DATA", str(DATA))
+    import torch
+
+    from visionlab.data import build_splits
+    from visionlab.run import load_run
+
+    same = run_cli("eval", str(run_dir), "tag=same", "data.image_size=64", "train.threads=1")
+    assert same.returncode == 0, same.stderr
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert json.loads((run_dir / "eval_test-same.json").read_text())["test-same/miou"] == pytest.approx(s["test/miou"])
+
+    over = ["data.image_size=96", "segmentation.tta_scales=[0.6667]"]
+    r = run_cli("eval", str(run_dir), "tag=big", *over)
+    assert r.returncode == 0, r.stderr
+    out = json.loads((run_dir / "eval_test-big.json").read_text())
+    assert out["overrides"] == over
+
+    run = load_run(run_dir, device="cpu", overrides=over)
+    test = build_splits(run.cfg.data).test
+    assert test.masks.shape[1:] == (96, 128)
+    pred = run.task.predict(torch.from_numpy(np.ascontiguousarray(test.images))).masks.numpy()
+    assert pred.shape == test.masks.shape
+    ious = []
+    for c in range(len(run.classes)):
+        t, p = (test.masks == c), (pred == c) & (test.masks != 255)
+        if (t | p).sum():
+            ious.append((t & p).sum() / (t | p).sum())
+    assert out["test-big/miou"] == pytest.approx(float(np.mean(ious)), abs=2e-3)
+    assert "test-big" in (run_dir / "report.md").read_text()          # a column beside the training-time test figures
+
+    bad = run_cli("eval", str(run_dir), "optim.lr=1")
+    assert bad.returncode != 0 and "cannot change at evaluation" in bad.stderr and "data.image_size" in bad.stderr
+
+
 def test_the_apps_handler_gives_the_tasks_own_view(task_run):
     """The app's row for the task (app/tabs/tasks.py) turns a frame into the task's own picture and scores: the top
     classes for classification, the class areas of the mask for segmentation, equal to what predict says."""

@@ -14,9 +14,10 @@ def train(cfg=None, overrides: list[str] | None = None, on_epoch_end: list | Non
     return train_and_report(cfg, overrides, on_epoch_end)
 
 
-def evaluate(run_dir: str | Path, split: str = "test") -> dict:
-    """Re-evaluate a run's best checkpoint on ``split`` (writes eval_<split>.json) and refresh its report."""
-    metrics = _run.evaluate(run_dir, split)
+def evaluate(run_dir: str | Path, split: str = "test", overrides: list[str] | None = None, tag: str = "") -> dict:
+    """Re-evaluate a run's best checkpoint on ``split`` (writes eval_<split>[-<tag>].json) and refresh its report;
+    ``overrides``: evaluation-time settings (run.EVAL_KEYS and the task's section), e.g. the native resolution."""
+    metrics = _run.evaluate(run_dir, split, overrides, tag)
     write_report(run_dir)
     return metrics
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -108,20 +108,58 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
     return RunResult(run_dir, summary)
 
 
-def evaluate(run_dir: str | Path, split: str = "test") -> dict:
-    """Re-evaluate the best checkpoint of a run on one split; writes eval_<split>.json and returns the metrics."""
-    run = load_run(run_dir)
-    splits = build_splits(run.cfg.data)
-    part = {"train": splits.train, "val": splits.val, "test": splits.test}.get(split, "missing")
-    if part == "missing":
+# Keys `visionlab eval` may change: how the data is decoded and evaluated, never what was trained. The run's own
+# task section (e.g. segmentation.tta_scales) is allowed too.
+EVAL_KEYS = ("data.image_size", "train.precision", "data.num_workers", "train.eval_batch_size", "train.device",
+             "train.threads")
+RUNTIME_KEYS = EVAL_KEYS[2:]            # these change how fast, not what is measured: the file keeps its plain name
+
+
+def evaluate(run_dir: str | Path, split: str = "test", overrides: list[str] | None = None, tag: str = "") -> dict:
+    """Re-evaluate the best checkpoint of a run on one split; writes eval_<split>.json and returns the metrics.
+
+    ``overrides`` (EVAL_KEYS and the task's own section) evaluate under other settings, e.g. at the native resolution:
+    ``["data.image_size=0", "segmentation.tta_scales=[0.6667]"]`` runs the model at 2/3 scale and scores its upsampled
+    logits against the native masks. The figures then go to eval_<split>-<tag>.json as <split>-<tag>/<metric>, with
+    the overrides recorded, so the report shows them beside the training-time test column."""
+    if split not in ("train", "val", "test"):
         raise UserError(f"split must be train, val or test, got {split!r}")
+    if tag and not tag.replace("-", "").replace("_", "").isalnum():
+        raise UserError(f"tag={tag!r}: use letters, digits, - and _ (it names eval_{split}-<tag>.json)")
+    run = load_run(run_dir, overrides=overrides)
+    if run.cfg.train.threads:
+        torch.set_num_threads(run.cfg.train.threads)
+    splits = build_splits(run.cfg.data)
+    part = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
     if part is None:
         raise UserError(f"{run.run_dir} has no {split} split (data.val_fraction was 0?)")
-    metrics = _evaluate_split(run.task, run.run_dir, part, run.cfg, run.info, run.device, run.precision,
+    info = run.info
+    if overrides:           # decoding follows the data being evaluated; classes and normalisation stay the run's
+        new = splits.info()
+        info = replace(info, image_size=new.image_size, preprocess=new.preprocess)
+    metrics = _evaluate_split(run.task, run.run_dir, part, run.cfg, info, run.device, run.precision,
                               keep_errors=False)
-    out = {f"{split}/{k}": v for k, v in metrics.items()}
-    write_json(run.run_dir / f"eval_{split}.json", out)
+    changed = [o for o in overrides or [] if o.split("=", 1)[0].strip() not in RUNTIME_KEYS]
+    name = f"{split}-{tag or 'custom'}" if changed or tag else split
+    out = {f"{name}/{k}": v for k, v in metrics.items()}
+    if changed:
+        out["overrides"] = changed
+    write_json(run.run_dir / f"eval_{name}.json", out)
     return out
+
+
+def eval_overrides(cfg: C.Config, overrides: list[str]) -> C.Config:
+    """``cfg`` with evaluation-time ``overrides`` applied; a ConfigError names the keys that may change."""
+    allowed = set(EVAL_KEYS)
+    section = C.SECTIONS.get(cfg.task)
+    if section is not None:
+        allowed |= {k for k, *_ in C.fields_table(section, cfg.task + ".")}
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key not in allowed:
+            raise ConfigError(f"{key} cannot change at evaluation (it changes what was trained); keys that can: "
+                              f"{', '.join(sorted(allowed))}")
+    return C.from_dict(C.merge(C.to_dict(cfg), C.parse_overrides(overrides)))
 
 
 @dataclass
@@ -142,14 +180,17 @@ class LoadedRun:
         return self.info.classes
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
-    """Rebuild a run's task and model from its directory, with the best checkpoint's weights, in eval mode."""
+def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | None = None) -> LoadedRun:
+    """Rebuild a run's task and model from its directory, with the best checkpoint's weights, in eval mode
+    (``overrides``: evaluation-time settings, see ``eval_overrides``)."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir} is not a run directory (no config.yaml); pass a folder made by `visionlab train`")
     ckpt = load_checkpoint(run_dir / "checkpoints" / "best.safetensors")
     cfg = C.from_dict(ckpt["sidecar"]["config"])
     cfg.model.pretrained, cfg.model.weights = False, ""      # the checkpoint has the weights
+    if overrides:
+        cfg = eval_overrides(cfg, overrides)
     info = DataInfo.from_dict(ckpt["sidecar"]["data"])
     dev = resolve_device(device)
     task = TASKS.get(cfg.task)(cfg, info, torch.Generator())

@@ -11,7 +11,7 @@ USAGE = """usage: visionlab MODE [CONFIG.yaml] [key=value ...]
 
 modes:
   train [CONFIG.yaml] [key=value ...]    train a run (no config: the embedded MNIST-5k demo); resume=RUN_DIR continues
-  eval RUN_DIR [split=test|val|train]    re-evaluate the best checkpoint
+  eval RUN_DIR [split=test|val|train] [tag=NAME] [KEY=VALUE ...]   re-evaluate the best checkpoint (KEY: data.image_size, the task's section)
   predict RUN_DIR IMAGE... [topk=5] [out=DIR]   top-k classes per image; masks: mask + overlay PNGs in DIR
   report DIR                             regenerate the report of a run, seeds, compare or sweep folder
   explain RUN_DIR IMAGE... [method=gradcam|cam] [layer=NAME] [class=NAME|pred] [out=DIR]   CAM / Grad-CAM overlays
@@ -87,9 +87,11 @@ def cmd_eval(args: list[str]) -> int:
 
     pos, kv = _split_args(args)
     if len(pos) != 1:
-        raise UserError("usage: visionlab eval RUN_DIR [split=test|val|train]")
-    metrics = api.evaluate(pos[0], kv.pop("split", "test"))
-    _reject_unknown(kv)
+        raise UserError("usage: visionlab eval RUN_DIR [split=test|val|train] [tag=NAME] [KEY=VALUE ...]  "
+                        "(KEY: data.image_size, train.eval_batch_size, ... or the task's section, e.g. "
+                        "segmentation.tta_scales)")
+    split, tag = kv.pop("split", "test"), kv.pop("tag", "")
+    metrics = api.evaluate(pos[0], split, [f"{k}={v}" for k, v in kv.items()], tag)
     for k, v in metrics.items():
         if isinstance(v, float):
             print(f"{k}={v:.4f}")
