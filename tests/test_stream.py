@@ -173,3 +173,22 @@ def test_sizes_and_bad_sources_fail_cleanly(data_dir, tmp_path, capsys):
     assert main(["stream", str(tmp_path / "missing.avi"), "detector=hog"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: video source not found") and "Traceback" not in err
+
+
+def test_video_replaces_the_previous_one_only_when_complete(tmp_path):
+    """A killed stream leaves the previous video whole: frames go to a hidden partial file renamed on close."""
+    from visionlab.deploy.video import VideoWriter
+
+    frames = [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(5)]
+    first = VideoWriter(tmp_path / "stream", 10)
+    for f in frames[:3]:
+        first.write(f)
+    path = first.close()
+    assert _video_frames(path)[0] == 3 and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+    second = VideoWriter(tmp_path / "stream", 10)
+    for f in frames:
+        second.write(f)
+    assert _video_frames(path)[0] == 3          # mid-stream (or killed here): the old video is intact
+    assert second.close() == path and _video_frames(path)[0] == 5
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]

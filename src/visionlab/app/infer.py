@@ -198,7 +198,7 @@ class Downloads:
     def write(self, app_run: AppRun, source: str, top: list[tuple[str, float]], annotated: np.ndarray) -> list[str]:
         """prediction.json, prediction.csv and annotated.png of one prediction; returns their paths."""
         out = self._new_folder()
-        record = {"file": source, "run": str(app_run.run.run_dir), "model": app_run.name,
+        record = {"file": source, "run": app_run.run.run_dir.name, "model": app_run.name,   # no server paths
                   "predictions": [{"rank": i + 1, "class": c, "probability": p} for i, (c, p) in enumerate(top)]}
         (out / "prediction.json").write_text(json.dumps(record, indent=2) + "\n")
         buf = io.StringIO()
@@ -219,7 +219,7 @@ class Downloads:
         areas = sorted(result["areas"].items(), key=lambda t: -t[1])
         (out / "mask.png").write_bytes(mask_png(result["mask"]))
         Image.fromarray(overlaid).save(out / "overlay.png")
-        record = {"file": source, "run": str(app_run.run.run_dir), "model": app_run.name,
+        record = {"file": source, "run": app_run.run.run_dir.name, "model": app_run.name,   # no server paths
                   "mask_size": list(result["mask"].shape), "classes": app_run.run.classes,
                   "areas": [{"class": c, "share": a} for c, a in areas]}
         (out / "areas.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..utils import ConfigError, UserError
+from ..utils import ConfigError, UserError, fsync_dir
 
 CV2_HINT = 'pip install "opencv-python-headless<5"'
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -139,7 +139,8 @@ class FrameSource:
 
 class VideoWriter:
     """Annotated frames -> ``stem`` + .mp4 (mp4v) or .avi (MJPG), the first codec this OpenCV build opens.
-    Frames of another size (image folders) are resized to the first frame's size."""
+    Frames of another size (image folders) are resized to the first frame's size. The frames go to a hidden
+    partial file that replaces the video only on ``close``: a killed stream leaves the previous video whole."""
 
     def __init__(self, stem: str | os.PathLike, fps: float):
         self.cv2 = cv2_or_fail()
@@ -154,12 +155,13 @@ class VideoWriter:
         self.stem.parent.mkdir(parents=True, exist_ok=True)
         for fourcc, ext in CODECS:
             path = self.stem.with_suffix(ext)
-            w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), self.fps, size)
+            partial = path.with_name(f".{path.stem}.partial{ext}")     # OpenCV picks the container by extension
+            w = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*fourcc), self.fps, size)
             if w.isOpened():
-                self._w, self.path, self.size = w, path, size
+                self._w, self.path, self._partial, self.size = w, path, partial, size
                 return
             w.release()
-            path.unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
         raise UserError(f"OpenCV could not open a video writer for any of {[c for c, _ in CODECS]}: "
                         f"reinstall with {CV2_HINT}, or run with out= empty to skip the video")
 
@@ -177,6 +179,8 @@ class VideoWriter:
         if self._w is not None:
             self._w.release()
             self._w = None
+            os.replace(self._partial, self.path)
+            fsync_dir(self.path.parent)
         return self.path
 
 
