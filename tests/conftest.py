@@ -51,6 +51,29 @@ def last_checkpoint_step(run_dir: Path) -> int:
         return -1
 
 
+def kill_at_checkpoint(args: list[str], out: Path, name: str, min_step: int, python: list[str] | None = None,
+                       timeout: float = 300) -> Path:
+    """Start `visionlab train ARGS out_dir=OUT name=NAME` and SIGKILL it, with any workers it started (torchrun), as
+    soon as its last checkpoint reaches ``min_step``; the run directory it left behind."""
+    import signal
+    import time
+
+    env = {**os.environ, "VISIONLAB_DATA": str(DATA)}
+    proc = subprocess.Popen([*(python or [sys.executable]), "-m", "visionlab", "train", *args, f"out_dir={out}",
+                             f"name={name}"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    run_dir = Path(out) / name
+    deadline = time.time() + timeout
+    while last_checkpoint_step(run_dir) < min_step and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)          # the process group: torchrun and its workers at once
+    except ProcessLookupError:                       # it had already ended: the step check below says so
+        pass
+    proc.wait()
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def trashnet_run(data_dir, tmp_path_factory) -> Path:
     """A small classifier (ResNet-18) trained on real TrashNet photos (64 px, 2 epochs), shared by the app, export and

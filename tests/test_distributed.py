@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
 import sys
-import time
 
 import torch
 import torch.multiprocessing as mp
 
-from conftest import DATA, last_checkpoint_step, metrics_rows, run_cli
+from conftest import DATA, kill_at_checkpoint, last_checkpoint_step, metrics_rows, run_cli
 from visionlab.data.loaders import _Batches
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -86,15 +83,7 @@ def test_torchrun_two_processes_train_killed_and_resumed(tmp_path):
     a = json.loads((tmp_path / "a" / "ref" / "summary.json").read_text())
     assert a["test/acc"] > 0.9 and [p.name for p in (tmp_path / "a").iterdir()] == ["ref"]
 
-    env = {**os.environ, "VISIONLAB_DATA": str(DATA)}
-    proc = subprocess.Popen([*TORCHRUN, "-m", "visionlab", "train", *args, f"out_dir={tmp_path / 'b'}", "name=cut"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    run_dir = tmp_path / "b" / "cut"
-    deadline = time.time() + 300
-    while last_checkpoint_step(run_dir) < 50 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)                      # torchrun and both workers, at once
-    proc.wait()
+    run_dir = kill_at_checkpoint(args, tmp_path / "b", "cut", 50, python=TORCHRUN)   # torchrun + both workers
     step = last_checkpoint_step(run_dir)
     assert 50 <= step < 80, f"not killed mid-epoch 2 (last checkpoint at step {step})"
 
@@ -118,15 +107,7 @@ def test_torchrun_segmentation_killed_and_resumed(tmp_path):
     a = json.loads((tmp_path / "a" / "ref" / "summary.json").read_text())
     assert a["task"] == "segmentation" and 0 < a["test/miou"] <= 1
 
-    env = {**os.environ, "VISIONLAB_DATA": str(DATA)}
-    proc = subprocess.Popen([*TORCHRUN, "-m", "visionlab", "train", *args, f"out_dir={tmp_path / 'b'}", "name=cut"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    run_dir = tmp_path / "b" / "cut"
-    deadline = time.time() + 300
-    while last_checkpoint_step(run_dir) < 15 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    run_dir = kill_at_checkpoint(args, tmp_path / "b", "cut", 15, python=TORCHRUN)   # torchrun + both workers
     step = last_checkpoint_step(run_dir)
     assert 15 <= step < 24, f"not killed mid-epoch 2 (last checkpoint at step {step})"
 

@@ -2,13 +2,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
-from conftest import DATA, last_checkpoint_step, metrics_rows, run_cli
+from conftest import kill_at_checkpoint, last_checkpoint_step, metrics_rows, run_cli
 
 ARGS = ["train.epochs=3", "train.checkpoint_every=15", "train.progress=false", "data.rotation=13", "seed=7",
         "optim.scheduler=step", "optim.step_size=1", "train.ema_decay=0.99"]
@@ -20,15 +15,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     ref_dir = tmp_path / "a" / "ref"
 
     # the same run, killed at the first checkpoint inside epoch 2 (steps 40..79; 40 batches of 100 per epoch)
-    env = {**os.environ, "VISIONLAB_DATA": str(DATA)}
-    proc = subprocess.Popen([sys.executable, "-m", "visionlab", "train", *ARGS, f"out_dir={tmp_path / 'b'}",
-                             "name=killed"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run_dir = tmp_path / "b" / "killed"
-    deadline = time.time() + 300
-    while last_checkpoint_step(run_dir) < 45 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run_dir = kill_at_checkpoint(ARGS, tmp_path / "b", "killed", 45)
     killed_at = last_checkpoint_step(run_dir)
     assert 45 <= killed_at < 120, f"the run was not killed mid-training (last checkpoint at step {killed_at})"
     assert not (run_dir / "summary.json").exists()
@@ -92,15 +79,7 @@ def test_segmentation_sigkill_then_resume_matches_uninterrupted(tmp_path):
     metrics come back exactly after a SIGKILL mid-epoch."""
     ref = run_cli("train", *SEG, f"out_dir={tmp_path / 'a'}", "name=ref")
     assert ref.returncode == 0, ref.stderr
-    env = {**os.environ, "VISIONLAB_DATA": str(DATA)}
-    proc = subprocess.Popen([sys.executable, "-m", "visionlab", "train", *SEG, f"out_dir={tmp_path / 'b'}",
-                             "name=killed"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run_dir = tmp_path / "b" / "killed"
-    deadline = time.time() + 300
-    while last_checkpoint_step(run_dir) < 15 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run_dir = kill_at_checkpoint(SEG, tmp_path / "b", "killed", 15)
     killed_at = last_checkpoint_step(run_dir)
     assert 15 <= killed_at < 24, f"the run was not killed mid-epoch 2 (last checkpoint at step {killed_at})"
 
