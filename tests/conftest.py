@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):     # pytest -n N: one thread per worker (two OpenMP threads per process
+    os.environ.setdefault("OMP_NUM_THREADS", "1")   # on two shared cores run many times slower); subprocesses inherit it
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("VISIONLAB_DATA", ROOT.parent / "shared" / "data"))
 

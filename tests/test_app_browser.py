@@ -81,6 +81,7 @@ def _assert_png(path: Path) -> None:
         assert im.width > 100 and im.height > 100
 
 
+@pytest.mark.slow
 def test_browser_tabs(chromium, app_url, trashnet_run, data_dir, tmp_path):
     try:
         from playwright.sync_api import expect, sync_playwright

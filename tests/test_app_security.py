@@ -3,7 +3,6 @@ decompression bomb, file names that are spreadsheet formulas, and files left in 
 from __future__ import annotations
 
 import csv
-import os
 import resource
 import shutil
 import socket

@@ -5,7 +5,6 @@ frame with the same per-stage table, and its labels are predict's largest class.
 from __future__ import annotations
 
 import csv
-import io
 import json
 import socket
 from pathlib import Path

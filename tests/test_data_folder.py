@@ -1,6 +1,5 @@
 """Folder datasets: hostile files are skipped and reported, every PIL mode decodes, layouts, checks, reports."""
 import json
-import os
 import shutil
 from pathlib import Path
 

@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -75,6 +76,7 @@ def test_ddp_gradients_equal_single_process_on_the_global_batch(tmp_path):
         assert torch.allclose(ddp_grads[n], p.grad, atol=1e-6, rtol=1e-4), n
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_killed_and_resumed(tmp_path):
     args = ["train.epochs=2", "train.checkpoint_every=10", "train.progress=false", "data.rotation=13"]
     ref = run_cli("train", *args, f"out_dir={tmp_path / 'a'}", "name=ref", python=TORCHRUN)
@@ -96,6 +98,7 @@ def test_torchrun_two_processes_train_killed_and_resumed(tmp_path):
     assert wrong.returncode == 1 and "--nproc_per_node=2" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_segmentation_killed_and_resumed(tmp_path):
     """DDP for the second task: two processes share each global batch of images and masks; a killed 2-process
     segmentation run resumes to the same metrics as an uninterrupted one."""

@@ -49,6 +49,7 @@ def test_train_writes_complete_run_dir(demo_run):
     assert env["versions"]["torch"].startswith("2.14.1")
 
 
+@pytest.mark.slow
 def test_eval_predict_report(demo_run, tmp_path, cli):
     out, _ = demo_run
     run_dir = out / "mnist5k"

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import kill_at_checkpoint, last_checkpoint_step, metrics_rows, run_cli
 
 ARGS = ["train.epochs=3", "train.checkpoint_every=15", "train.progress=false", "data.rotation=13", "seed=7",
@@ -30,6 +32,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert metrics_rows(run_dir) == metrics_rows(ref_dir)
 
 
+@pytest.mark.slow
 def test_resume_true_finds_newest_run(tmp_path):
     first = run_cli("train", "train.epochs=1", "train.progress=false", f"out_dir={tmp_path}", "name=r",
                     "data.limit=300")
@@ -39,6 +42,7 @@ def test_resume_true_finds_newest_run(tmp_path):
     assert again.stdout.strip().splitlines()[-1] == str(tmp_path / "r")
 
 
+@pytest.mark.slow
 def test_resume_applies_safe_overrides_and_refuses_others(tmp_path):
     tiny = ["data.limit=200", "train.threads=1", "train.progress=false", "train.tensorboard=false"]
     first = run_cli("train", *tiny, "train.epochs=1", f"out_dir={tmp_path}", "name=r")
@@ -74,6 +78,7 @@ SEG = ["task=segmentation", "data.name=camvid", "model.name=lraspp_lite0", "mode
        "train.progress=false", "train.tensorboard=false", "train.threads=1", "optim.scheduler=cosine", "seed=3"]
 
 
+@pytest.mark.slow
 def test_segmentation_sigkill_then_resume_matches_uninterrupted(tmp_path):
     """The same guarantee for the second task: joint image/mask augmentation, its generator and the per-pixel
     metrics come back exactly after a SIGKILL mid-epoch."""

@@ -1,6 +1,5 @@
 """Segmentation data on real CamVid / COCO128 files: sources (CamVid, COCO128 masks, mask folders with index, palette
 and binary masks and hostile pairs) and the batched joint augmentation (BatchSegAugment)."""
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +8,6 @@ import torch
 from PIL import Image
 
 from visionlab.config import DataConfig
-from visionlab.data.base import ImageSet
 from visionlab.data.mask_transforms import BatchSegAugment
 from visionlab.data.masks import IGNORE, class_table, read_class_file
 from visionlab.data.segmentation import (CAMVID_CLASSES, build_camvid, build_coco128_seg, build_mask_folder,

@@ -72,6 +72,7 @@ def test_random_sweep_on_sqlite_writes_outputs_and_continues(tmp_path):
     assert api.report(sweep_dir) == sweep_dir / "sweep.html" and "<table>" in (sweep_dir / "sweep.html").read_text()
 
 
+@pytest.mark.slow
 def test_grid_enumerates_exactly_the_grid(tmp_path):
     space = _space(tmp_path, "grid", "strategy: grid\nprune: false\nparams:\n"
                    "  optim.lr: {values: [0.003, 0.001]}\n  train.batch_size: {values: [50, 100]}\n")
@@ -174,6 +175,7 @@ def _sweep_cmd(*args: str) -> list[str]:
     return [sys.executable, "-c", SWEEP_MAIN, *args]
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_postgresql_study(tmp_path, postgres):
     space = _space(tmp_path, "shared", "strategy: random\ntrials: 6\nprune: false\nparams:\n"
                    "  optim.lr: {type: float, low: 1.0e-3, high: 1.0e-2, log: true}\n")
@@ -200,6 +202,7 @@ def test_two_workers_share_one_postgresql_study(tmp_path, postgres):
     assert len(finished) == 6
 
 
+@pytest.mark.slow
 def test_storage_password_is_masked_and_can_come_from_the_environment(tmp_path, postgres_pw):
     with_pw = postgres_pw.replace("postgres@", f"postgres:{PG_PASSWORD}@")
     space = _space(tmp_path, "secret", "strategy: grid\nprune: false\nparams:\n  optim.lr: {values: [0.003]}\n")

@@ -155,6 +155,7 @@ def test_frozen_layers_and_their_norm_statistics_do_not_change_in_training():
     assert any(k.startswith(names[id(head_module(task.model))]) for k in changed)
 
 
+@pytest.mark.slow
 def test_ensemble_cli_reports_members_and_votes(tmp_path):
     r = run_cli("seeds", "n=2", "data.bootstrap=true", "train.epochs=1", f"out_dir={tmp_path}", "name=bag", *QUICK,
                 "data.limit=300")
