@@ -77,13 +77,27 @@ def kill_at_checkpoint(args: list[str], out: Path, name: str, min_step: int, pyt
     return run_dir
 
 
+def shared_run(tmp_path_factory, name: str, *args: str, timeout: int = 900) -> Path:
+    """`visionlab train ARGS name=NAME`, trained once per test session: with pytest -n N the workers share one run
+    (the first trains it under a file lock, the others wait and reuse it)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent                          # the folder every worker's basetemp lives in
+    out, run = root / f"shared_{name}", root / f"shared_{name}" / name
+    with FileLock(str(root / f"shared_{name}.lock")):
+        if not (run / "summary.json").is_file():
+            r = run_cli("train", *args, f"out_dir={out}", f"name={name}", timeout=timeout)
+            assert r.returncode == 0, r.stderr[-3000:]
+            assert Path(r.stdout.strip().splitlines()[-1]) == run
+    return run
+
+
 @pytest.fixture(scope="session")
 def trashnet_run(data_dir, tmp_path_factory) -> Path:
     """A small classifier (ResNet-18) trained on real TrashNet photos (64 px, 2 epochs), shared by the app, export and
     stream tests. Its accuracy is low; what those tests check is that every path gives the same answers."""
-    out = tmp_path_factory.mktemp("trashnet_runs")
-    r = run_cli("train", "data.name=trashnet", "data.image_size=64", "data.pad_square=true", "data.limit=600",
-                "model.name=resnet18", "train.epochs=2", "train.batch_size=50", "optim.lr=0.003",
-                "train.progress=false", "train.tensorboard=false", f"out_dir={out}", "name=trash", timeout=900)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return Path(r.stdout.strip().splitlines()[-1])
+    return shared_run(tmp_path_factory, "trash", "data.name=trashnet", "data.image_size=64", "data.pad_square=true",
+                      "data.limit=600", "model.name=resnet18", "train.epochs=2", "train.batch_size=50",
+                      "optim.lr=0.003", "train.progress=false", "train.tensorboard=false")
