@@ -9,7 +9,7 @@ demo:            ## train the seed MNIST CNN on the 5,000 real digits shipped wi
 
 test:            ## the test suite without the slow end-to-end runs (reads real data from $$VISIONLAB_DATA)
 	@scripts/setup.sh --dev
-	.venv/bin/python -m pytest -m "not slow" --durations=15
+	.venv/bin/python -m pytest -m "not slow" -n 2 --durations=15
 
 test-all:        ## every test, the slow end-to-end runs too (torchrun, SIGKILL resumes, sweeps, seeds, browser)
 	@scripts/setup.sh --dev
