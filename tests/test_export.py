@@ -39,7 +39,6 @@ def exported(trashnet_run, tmp_path_factory) -> Path:
     return run
 
 
-@pytest.mark.slow
 def test_export_parity_onnx_torchscript_int8(exported):
     files = {p.name for p in (exported / "export").iterdir()}
     assert {"model.onnx", "model.int8.onnx", "model.torchscript.pt"} <= files
