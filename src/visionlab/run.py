@@ -110,9 +110,8 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
 
 # Keys `visionlab eval` may change: how the data is decoded and evaluated, never what was trained. The run's own
 # task section (e.g. segmentation.tta_scales) is allowed too.
-EVAL_KEYS = ("data.image_size", "train.precision", "data.num_workers", "train.eval_batch_size", "train.device",
-             "train.threads")
-RUNTIME_KEYS = EVAL_KEYS[2:]            # these change how fast, not what is measured: the file keeps its plain name
+RUNTIME_KEYS = ("data.num_workers", "train.eval_batch_size", "train.device", "train.threads")   # how fast, not what
+EVAL_KEYS = ("data.image_size", "train.precision", *RUNTIME_KEYS)    # is measured: the file keeps its plain name
 
 
 def evaluate(run_dir: str | Path, split: str = "test", overrides: list[str] | None = None, tag: str = "") -> dict:
@@ -139,7 +138,7 @@ def evaluate(run_dir: str | Path, split: str = "test", overrides: list[str] | No
         info = replace(info, image_size=new.image_size, preprocess=new.preprocess)
     metrics = _evaluate_split(run.task, run.run_dir, part, run.cfg, info, run.device, run.precision,
                               keep_errors=False)
-    changed = [o for o in overrides or [] if o.split("=", 1)[0].strip() not in RUNTIME_KEYS]
+    changed = [o for o in overrides or [] if _key(o) not in RUNTIME_KEYS]
     name = f"{split}-{tag or 'custom'}" if changed or tag else split
     out = {f"{name}/{k}": v for k, v in metrics.items()}
     if changed:
@@ -154,12 +153,16 @@ def eval_overrides(cfg: C.Config, overrides: list[str]) -> C.Config:
     section = C.SECTIONS.get(cfg.task)
     if section is not None:
         allowed |= {k for k, *_ in C.fields_table(section, cfg.task + ".")}
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
+    for key in map(_key, overrides):
         if key not in allowed:
             raise ConfigError(f"{key} cannot change at evaluation (it changes what was trained); keys that can: "
                               f"{', '.join(sorted(allowed))}")
-    return C.from_dict(C.merge(C.to_dict(cfg), C.parse_overrides(overrides)))
+    return _as_config(cfg, overrides)
+
+
+def _key(override: str) -> str:
+    """'data.image_size=0' -> 'data.image_size'."""
+    return override.split("=", 1)[0].strip()
 
 
 @dataclass

@@ -91,12 +91,18 @@ def atomic_path(path: str | os.PathLike):
     tmp = _temp_beside(path)
     try:
         yield Path(tmp)
-        _sync_file(tmp)
-        os.replace(tmp, path)
+        commit_temp(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+
+
+def commit_temp(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """A finished temp file (beside ``path``) fsynced and renamed onto ``path``, then the folder fsynced: the last
+    step of every atomic write here, also for writers that fill a file over many calls (the stream's video)."""
+    _sync_file(str(tmp))
+    os.replace(tmp, path)
+    fsync_dir(Path(path).parent)
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..utils import ConfigError, UserError, fsync_dir
+from ..utils import ConfigError, UserError, commit_temp
 
 CV2_HINT = 'pip install "opencv-python-headless<5"'
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -179,8 +179,7 @@ class VideoWriter:
         if self._w is not None:
             self._w.release()
             self._w = None
-            os.replace(self._partial, self.path)
-            fsync_dir(self.path.parent)
+            commit_temp(self._partial, self.path)
         return self.path
 
 
