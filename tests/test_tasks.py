@@ -131,7 +131,7 @@ def test_eval_at_another_resolution_scores_upsampled_predictions(tmp_path_factor
 
     from visionlab.data import build_splits
     from visionlab.run import evaluate, load_run
-    from visionlab.utils import ConfigError
+    from visionlab.utils import ConfigError, UserError
 
     s = json.loads((run_dir / "summary.json").read_text())
     assert evaluate(run_dir, "test", ["data.image_size=64"], "same")["test-same/miou"] == pytest.approx(s["test/miou"])
@@ -152,6 +152,9 @@ def test_eval_at_another_resolution_scores_upsampled_predictions(tmp_path_factor
 
     with pytest.raises(ConfigError, match="optim.lr cannot change at evaluation.*data.image_size"):
         evaluate(run_dir, "test", ["optim.lr=1"])
+    with pytest.raises(UserError, match="tag='../x': use letters, digits"):    # the file stays in the run folder
+        evaluate(run_dir, "test", ["data.image_size=96"], "../x")
+    assert not (run_dir / "eval_test-..").exists() and not list(run_dir.parent.glob("x*"))
 
 
 def test_the_apps_handler_gives_the_tasks_own_view(task_run):
