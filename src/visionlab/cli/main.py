@@ -17,6 +17,7 @@ modes:
   explain RUN_DIR IMAGE... [method=gradcam|cam] [layer=NAME] [class=NAME|pred] [out=DIR]   CAM / Grad-CAM overlays
   similar RUN_DIR IMAGE [k=8] [metric=cosine|euclidean] [out=DIR]   nearest training images, as a grid
   similar RUN_DIR eval [k=10] [metric=cosine|euclidean]             retrieval recall@k and mAP@k (test vs train)
+  fid GENERATED REFERENCE [n=10000] [extractor=auto|lite0|classifier[:DATASET]|inception:PATH] [size=0] [out=FILE.json]   FID/KID of two image folders / DATASET:SPLIT
   export RUN_DIR [format=onnx|torchscript|onnx,torchscript] [quantize=int8] [opset=17] [calib=128] [limit=N]
                                          uint8-input ONNX/TorchScript files in RUN_DIR/export/ + test-split parity
   bench RUN_DIR [batch_sizes=1,32] [iters=30] [warmup=3] [threads=N] [backends=eager-fp32,...,onnx-int8]
@@ -217,7 +218,7 @@ def _lazy(module: str, name: str):
 
 
 MODES = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "cfg": cmd_cfg,
-         "data": cmd_data,
+         "data": cmd_data, "fid": _lazy("fid", "cmd_fid"),
          "seeds": _lazy("experiments", "cmd_seeds"), "compare": _lazy("experiments", "cmd_compare"),
          "ensemble": _lazy("experiments", "cmd_ensemble"), "sweep": _lazy("sweep", "cmd_sweep"),
          "explain": _lazy("explain", "cmd_explain"), "similar": _lazy("similar", "cmd_similar"),
