@@ -1,5 +1,6 @@
 """CLI modes `visionlab export RUN_DIR [format=onnx|torchscript] [quantize=int8] [opset=N]` (export with accuracy
-parity on the test split) and `visionlab bench RUN_DIR [batch_sizes=1,32] [iters=30] [warmup=3]` (latency)."""
+parity on the test split; a generative run: ONNX with pixel parity) and `visionlab bench RUN_DIR [batch_sizes=1,32]
+[iters=30] [warmup=3]` (latency)."""
 from __future__ import annotations
 
 from .args import split_options
@@ -48,17 +49,31 @@ def export_formats(fmt: str, quantize: str) -> list[str]:
 def cmd_export(args: list[str]) -> int:
     """Export RUN_DIR's eval preprocessing + model (uint8 NHWC in, dynamic batch) to RUN_DIR/export/, then print
     and save (RUN_DIR/export.json) the top-1 parity of eager and exported models on the test split."""
-    from ..views.export_run import export_run, format_parity
+    from ..views.export_run import as_run, export_run, format_parity
 
     run_dir, kv = _run_dir(args, "export", EXPORT_OPTIONS, EXPORT_USAGE)
     formats = export_formats(kv.get("format", "onnx"), kv.get("quantize", ""))
     opset = _int(kv.get("opset", "17"), "opset", 7)
     calib = _int(kv.get("calib", "128"), "calib", 1)
     limit = _int(kv.get("limit", "0"), "limit", 0)               # parity on a stratified subset; 0 = all
-    results = export_run(run_dir, formats, opset=opset, calibration_images=calib, test_limit=limit)
+    run = as_run(run_dir)
+    if run.task.generates:                                       # its network with named inputs, pixel parity
+        return _export_generative(run, run_dir, formats, opset)
+    results = export_run(run, formats, opset=opset, calibration_images=calib, test_limit=limit)
     print(format_parity(results))
     for r in results.values():
         print(f"wrote {run_dir}/{r['file']}")
+    return 0
+
+
+def _export_generative(run, run_dir: str, formats: list[str], opset: int) -> int:
+    """A vae / dcgan / ddpm run: RUN_DIR/export/{generator,denoiser}.onnx with its pixel parity against eager."""
+    from ..views.export_generative import check_formats, export_generative, format_generative
+
+    check_formats(formats, run.cfg.task)
+    result = export_generative(run, opset)
+    print(format_generative(result))
+    print(f"wrote {run_dir}/{result['file']}")
     return 0
 
 
