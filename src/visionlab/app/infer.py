@@ -1,15 +1,19 @@
 """What the tabs share: the loaded runs and their contained examples, an upload decoded once (upload.py) and
-predicted through run.predict (classification: top classes; segmentation: the mask and each class's area), the top
-class drawn on an image, the mask overlaid on it, and the prediction files offered for download."""
+predicted through run.predict (top classes; a mask and each class's area), the top class drawn on an image, the mask
+overlaid on it, prediction files to download, a generative run's samples and a generated example beside a card."""
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import io
 import json
+import re
 import shutil
 import tempfile
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +25,14 @@ from ..data.decode import IMAGE_EXTS, to_rgb_or_l
 from ..engine.rundir import unfinished
 from ..run import LoadedRun, load_run, predict
 from ..utils import UserError
-from .guide import find_guide, load_guide
+from .guide import card_markdown, find_guide, load_guide
 from .upload import model_input, open_upload
 
 DISPLAY_MAX = 768           # longest side of the image shown back; the model sees its own preprocessing, not this
 KEEP_DOWNLOADS_S = 3600     # prediction files older than this are deleted (they are offered, not archived)
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")     # a spreadsheet cell starting so is a formula
+EXAMPLE_SEED = 0            # the seed of the generated example shown beside a guide card (the same picture each time)
+EXAMPLE_WIDTH = 96          # its width on the card, in CSS pixels (MNIST's 28 px scaled up, pixelated)
 
 
 @dataclass
@@ -38,6 +44,8 @@ class AppRun:
     guide: dict | None = None
     examples: list[str] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
+    generator: "AppRun | None" = None       # a conditional generative run over the same class names (card examples)
+    generated: dict = field(default_factory=dict)   # class -> its generated example (uint8 HxWxC), made once
 
     @property
     def task(self) -> str:
@@ -114,7 +122,17 @@ def load_app_runs(run_dirs: list[str | Path], guide: str | Path | None = None) -
     for k, r in enumerate(out):         # the same folder given twice: number them
         if names.count(r.name) > 1:
             r.name = f"{r.name} #{k + 1}"
+    link_generators(out)
     return out
+
+
+def link_generators(runs: list[AppRun]) -> None:
+    """Give each non-generative run the first class-conditional generative run trained on the same class names
+    (its guide cards then show a generated example of the predicted class)."""
+    gens = [r for r in runs if r.generative and getattr(r.run.task, "conditional", False)]
+    for r in runs:
+        if not r.generative:
+            r.generator = next((g for g in gens if set(g.run.classes) == set(r.run.classes)), None)
 
 
 def classify_image(app_run: AppRun, im: Image.Image, topk: int = 10) -> list[tuple[str, float]]:
@@ -143,6 +161,56 @@ def segment_image(app_run: AppRun, im: Image.Image) -> dict:
 def segment_frame(app_run: AppRun, rgb: np.ndarray) -> dict:
     """segment_image of a decoded RGB frame, in memory (nothing written)."""
     return segment_image(app_run, Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)))
+
+
+def sample_steps(app_run: AppRun) -> int | None:
+    """The default sampling steps of a run whose task section has ``sample_steps`` and a sampler that takes them
+    (a diffusion model with DDIM); None otherwise (GAN, VAE, ancestral sampling over all steps)."""
+    cfg = getattr(app_run.run, "cfg", None)
+    section = getattr(cfg, getattr(cfg, "task", ""), None)
+    steps = getattr(section, "sample_steps", None)
+    return None if steps is None or getattr(section, "sampler", "ddim") == "ancestral" else int(steps)
+
+
+def sample_images(app_run: AppRun, n: int, seed: int, label: str | None = None,
+                  steps: int | None = None) -> np.ndarray:
+    """``n`` uint8 [n, H, W, C] images from a generative run, reproducible from ``seed``; ``label``: a class of a
+    conditional model (UserError naming the classes otherwise); ``steps``: a diffusion model's sampling steps."""
+    given = {k: v for k, v in (("label", label), ("steps", steps)) if v is not None}
+    return np.asarray(app_run.run.task.generate(n, seed, **given), dtype=np.uint8)
+
+
+def generated_example(app_run: AppRun, cls: str) -> np.ndarray | None:
+    """A generated image of class ``cls`` by the run's linked generative run (link_generators), made once per
+    class; None without one."""
+    gen = app_run.generator
+    if gen is None or cls not in gen.run.classes:
+        return None
+    if cls not in app_run.generated:
+        app_run.generated[cls] = sample_images(gen, 1, EXAMPLE_SEED, cls)[0]
+    return app_run.generated[cls]
+
+
+def card_with_example(app_run: AppRun, cls: str | None) -> str:
+    """The guide card of ``cls`` (guide.card_markdown) with a generated example of the class beside it when a
+    conditional generative run over the same classes is loaded; the card alone otherwise, "" without a card."""
+    card = card_markdown(app_run.guide, cls)
+    image = generated_example(app_run, cls) if card else None
+    if image is None:
+        return card
+    png = base64.b64encode(png_bytes(image)).decode()
+    figure = (f'<img src="data:image/png;base64,{png}" alt="a generated {html.escape(cls)}" width="{EXAMPLE_WIDTH}" '
+              f'align="right" style="image-rendering: pixelated">')
+    note = f"*Beside: a {cls} drawn by the generative run `{app_run.generator.name}` (not a photo).*"
+    return f"{figure}\n\n{card}\n\n{note}"
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """uint8 HxW or HxWxC (C = 1, 3 or 4) -> PNG file bytes."""
+    arr = np.asarray(image, dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def display_image(im: Image.Image) -> np.ndarray:
@@ -229,6 +297,25 @@ class Downloads:
         w.writerows([csv_cell(source), csv_cell(app_run.name), csv_cell(c), repr(a)] for c, a in areas)
         (out / "areas.csv").write_text(buf.getvalue())
         return [str(out / n) for n in ("mask.png", "overlay.png", "areas.json", "areas.csv")]
+
+    def write_samples(self, app_run: AppRun, images: list[np.ndarray], seed: int, label: str | None,
+                      steps: int | None) -> list[str]:
+        """grid.png (all samples in one picture) and samples.zip (one PNG per sample and samples.json: run, seed,
+        class, steps) of one Generate click; returns their paths."""
+        from ..tasks.generative.base import make_grid
+
+        out = self._new_folder()
+        stem = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label) if label else 'sample'}_{seed}"
+        names = [f"{stem}_{i:04d}.png" for i in range(len(images))]
+        record = {"run": getattr(getattr(app_run.run, "run_dir", None), "name", app_run.name), "model": app_run.name,
+                  "n": len(images), "seed": seed, "class": label, "steps": steps, "files": names}
+        with zipfile.ZipFile(out / "samples.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+            for name, im in zip(names, images):
+                zf.writestr(name, png_bytes(im))
+            zf.writestr("samples.json", json.dumps(record, indent=2) + "\n")
+        stacked = np.stack([im[..., None] if im.ndim == 2 else im for im in images])
+        (out / "grid.png").write_bytes(png_bytes(make_grid(stacked)))
+        return [str(out / "grid.png"), str(out / "samples.zip")]
 
     def _new_folder(self) -> Path:
         """A fresh folder for one prediction's files (older ones pruned first)."""

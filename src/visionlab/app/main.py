@@ -47,7 +47,7 @@ def build_app(runs: list[AppRun], downloads: Downloads) -> gr.Blocks:
         with gr.Tabs():
             build_image_tabs(runs, picker, downloads)
             build_webcam_tab(runs, picker)
-            build_generate_tab(runs)
+            build_generate_tab(runs, downloads)
     return demo
 
 

@@ -11,7 +11,8 @@ import numpy as np
 from ...data.decode import IMAGE_EXTS
 from ...utils import UserError
 from ..guide import card_markdown
-from ..infer import AppRun, Downloads, annotate, classify_frame, classify_image, display_image, top_dict
+from ..infer import (AppRun, Downloads, annotate, card_with_example, classify_frame, classify_image,
+                     display_image, top_dict)
 from ..upload import TooLarge, open_upload
 
 TOPK = 10           # probabilities kept in the downloads; the bar chart shows the first five
@@ -68,7 +69,7 @@ def make_classify(runs: list[AppRun], downloads: Downloads):
             status += f"; the model is unsure, so check the card of {top[1][0]} too"
         if app_run.guide is not None and not card_markdown(app_run.guide, cls):
             status += f" (the guide {app_run.guide['name']} has no card for {cls})"
-        return top_dict(top), shown, card_markdown(app_run.guide, cls), status, files
+        return top_dict(top), shown, card_with_example(app_run, cls), status, files
 
     return classify
 
