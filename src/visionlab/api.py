@@ -29,4 +29,5 @@ def report(path: str | Path) -> Path:
 
 load_run = _run.load_run
 predict = _run.predict
+generate = _run.generate
 RunResult = _run.RunResult

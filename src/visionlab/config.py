@@ -56,7 +56,9 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = opt("mnist_cnn", "architecture name from the model registry (`visionlab cfg` lists them)")
+    name: str = opt("auto", "architecture name from the model registry (`visionlab cfg` lists them); auto = the "
+                            "task's default (classification mnist_cnn, segmentation lraspp_lite0, vae vae, dcgan "
+                            "dcgan, ddpm ddpm_unet)")
     weights: str = opt("", "local file with pretrained weights (safetensors or torch state dict)")
     pretrained: bool = opt(False, "load the architecture's pretrained weights (needs model.weights, or download=true)")
     download: bool = opt(False, "with pretrained=true and no weights file: fetch torchvision/timm weights (network)")
@@ -134,10 +136,58 @@ class SegmentationConfig:
 
 
 @dataclass
+class FidConfig:
+    """How generative runs are scored (task=vae|dcgan|ddpm): Frechet distance and KID on a pinned feature extractor."""
+    extractor: str = opt("auto", "auto (lite0 for RGB, classifier for 1-channel data), lite0 (ImageNet EfficientNet-"
+                                 "Lite0), classifier[:DATASET] (the seed CNN trained once on DATASET's train split), "
+                                 "inception:PATH (the standard FID Inception weights file); scores from different "
+                                 "extractors are not comparable")
+    samples: int = opt(10_000, "generated images for the test FID/KID (the test split is the reference)", ge=2)
+    val_samples: int = opt(1_000, "generated images for the per-epoch validation FID (cheaper, more biased)", ge=2)
+    kid_subsets: int = opt(100, "KID: number of random subsets", ge=1)
+    kid_subset_size: int = opt(1_000, "KID: images per subset (clipped to the smaller side)", ge=2)
+    batch_size: int = opt(250, "generated images per sampling batch", ge=1)
+
+
+@dataclass
+class VAEConfig:
+    """task=vae: a convolutional VAE (Kingma & Welling 2014), Bernoulli likelihood on [0, 1] pixels."""
+    latent_dim: int = opt(32, "latent dimensions", ge=1)
+    width: int = opt(32, "channels of the first encoder conv (doubling per level, up to 8x)", ge=4)
+    beta: float = opt(1.0, "weight of the KL term (beta-VAE; 1 = the evidence lower bound)", ge=0)
+    kl_warmup_epochs: float = opt(0.0, "ramp the KL weight linearly from 0 to beta over this many epochs", ge=0)
+    conditional: bool = opt(False, "condition encoder and decoder on the class label (CVAE: sample a chosen class)")
+
+
+@dataclass
+class DCGANConfig:
+    """task=dcgan: DCGAN (Radford et al. 2016); the seed recipe is Adam lr 2e-4, betas (0.5, 0.999)."""
+    latent_dim: int = opt(100, "noise dimensions of the generator's input", ge=1)
+    width: int = opt(64, "channels of the discriminator's first conv / the generator's last hidden layer", ge=4)
+    conditional: bool = opt(False, "class-conditional generator and discriminator (sample a chosen class)")
+    real_label: float = opt(1.0, "target for real images (one-sided label smoothing: 0.9)", gt=0, le=1)
+    d_lr_mult: float = opt(1.0, "discriminator lr = optim.lr x this (TTUR: two time-scale updates)", gt=0)
+
+
+@dataclass
+class DDPMConfig:
+    """task=ddpm: denoising diffusion (Ho et al. 2020), epsilon prediction; DDIM sampling (Song et al. 2021)."""
+    width: int = opt(32, "U-Net base channels", ge=8)
+    channel_mults: list = opt([1, 2, 2], "U-Net width multiplier per resolution level")
+    attention: bool = opt(True, "self-attention at the lowest resolution")
+    dropout: float = opt(0.0, "dropout inside the residual blocks", ge=0, lt=1)
+    timesteps: int = opt(1000, "diffusion steps T", ge=2)
+    schedule: str = opt("linear", "noise schedule: linear (1e-4 to 0.02, Ho et al.) or cosine (Nichol & Dhariwal)")
+    sampler: str = opt("ddim", "ddim (deterministic, sample_steps steps) or ancestral (all T steps)")
+    sample_steps: int = opt(50, "DDIM steps used for sampling and FID", ge=1)
+    conditional: bool = opt(False, "condition the U-Net on the class label (sample a chosen class)")
+
+
+@dataclass
 class Config:
     name: str = opt("", "run name; runs go to <out_dir>/<name>[-N]; empty -> config file stem or 'default'")
     out_dir: str = opt("runs", "parent folder of run directories")
-    task: str = opt("classification", "task: classification, segmentation")
+    task: str = opt("classification", "task: classification, segmentation, vae, dcgan, ddpm")
     seed: int = opt(0, "random seed for weights, data order and augmentation")
     resume: str = opt("", "RUN_DIR to continue, or 'true' for the newest run of this name")
     data: DataConfig = field(default_factory=DataConfig)
@@ -145,10 +195,25 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    fid: FidConfig = field(default_factory=FidConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    dcgan: DCGANConfig = field(default_factory=DCGANConfig)
+    ddpm: DDPMConfig = field(default_factory=DDPMConfig)
+
+    def __post_init__(self):
+        if self.model.name == "auto":             # the task's own default architecture
+            self.model.name = DEFAULT_MODEL.get(self.task, DEFAULT_MODEL["classification"])
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
-            "segmentation": SegmentationConfig}
+            "segmentation": SegmentationConfig, "fid": FidConfig, "vae": VAEConfig, "dcgan": DCGANConfig,
+            "ddpm": DDPMConfig}
+# What `visionlab eval` may change besides run.EVAL_KEYS, per task: whole sections or single keys that say how a
+# run is evaluated or sampled (never its architecture).
+TASK_EVAL_KEYS = {"segmentation": ("segmentation",), "vae": ("fid",), "dcgan": ("fid",),
+                  "ddpm": ("fid", "ddpm.sampler", "ddpm.sample_steps")}
+DEFAULT_MODEL = {"classification": "mnist_cnn", "segmentation": "lraspp_lite0", "vae": "vae", "dcgan": "dcgan",
+                 "ddpm": "ddpm_unet"}
 
 
 def fields_table(cls=Config, prefix: str = ""):
@@ -272,7 +337,7 @@ def merge(base: dict, over: dict) -> dict:
 DEFAULT_JOB = {
     "name": "mnist5k",
     "data": {"name": "mnist5k", "rotation": 13.0},
-    "model": {"name": "mnist_cnn"},
+    "model": {"name": "auto"},         # the seed CNN for classification; another task=... brings its own network
     "optim": {"name": "adam", "lr": 0.00108, "scheduler": "step", "step_size": 4, "gamma": 0.5},
     "train": {"epochs": 15, "batch_size": 100},
 }
@@ -302,13 +367,16 @@ def default_name(d: dict) -> str:
     data, model = d.get("data") or {}, d.get("model") or {}
     if not isinstance(data, dict) or not isinstance(model, dict):
         return DEFAULT_JOB["name"]                     # from_dict reports the malformed section
-    keys = (data.get("name"), data.get("root", ""), model.get("name"))
-    if keys == (DEFAULT_JOB["data"]["name"], "", DEFAULT_JOB["model"]["name"]):
+    task = str(d.get("task") or "classification")
+    keys = (data.get("name"), data.get("root", ""), model.get("name"), task)
+    if keys == (DEFAULT_JOB["data"]["name"], "", DEFAULT_JOB["model"]["name"], "classification"):
         return DEFAULT_JOB["name"]
     dataset = str(data.get("name") or DEFAULT_JOB["data"]["name"])
     if dataset == "folder" and data.get("root"):
         dataset = Path(str(data["root"])).expanduser().resolve().name or dataset
-    arch = str(model.get("name") or DEFAULT_JOB["model"]["name"]).rsplit("/", 1)[-1]     # timm/convnext_tiny
+    arch = str(model.get("name") or "auto").rsplit("/", 1)[-1]     # timm/convnext_tiny
+    if arch == "auto":
+        arch = DEFAULT_MODEL.get(task, task)
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset}-{arch}").strip("._") or DEFAULT_JOB["name"]
 
 

@@ -21,7 +21,7 @@ from .engine import distributed
 from .engine import lock as run_lock
 from .engine.resume import asked_keys, find_resume_dir, restore_run, resume_config
 from .engine.rundir import check_name, new_run_dir, versions, write_env, write_status
-from .models import count_params, flops_per_image
+from .models import count_params
 from .tasks import TASKS, default_image_size
 from .utils import ConfigError, UserError, atomic_write_text, resolve_device, seed_everything, write_json
 
@@ -91,6 +91,8 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
                          {"augment": gen}, ema=_build_ema(task.model, cfg.train.ema_decay),
                          scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None,
                          on_epoch_end=list(on_epoch_end or []), dist=dist)
+        if dist.main:
+            ctx.on_epoch_end.insert(0, _progress_pictures(task, ctx, run_dir))
         state = None
         if resume_dir is not None:
             state = restore_run(task, ctx, cfg, changes)
@@ -150,9 +152,8 @@ def evaluate(run_dir: str | Path, split: str = "test", overrides: list[str] | No
 def eval_overrides(cfg: C.Config, overrides: list[str]) -> C.Config:
     """``cfg`` with evaluation-time ``overrides`` applied; a ConfigError names the keys that may change."""
     allowed = set(EVAL_KEYS)
-    section = C.SECTIONS.get(cfg.task)
-    if section is not None:
-        allowed |= {k for k, *_ in C.fields_table(section, cfg.task + ".")}
+    for part in C.TASK_EVAL_KEYS.get(cfg.task, ()):
+        allowed |= {part} if "." in part else {k for k, *_ in C.fields_table(C.SECTIONS[part], part + ".")}
     for key in map(_key, overrides):
         if key not in allowed:
             raise ConfigError(f"{key} cannot change at evaluation (it changes what was trained); keys that can: "
@@ -207,7 +208,7 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
 def predict(run_dir: str | Path | LoadedRun, images, topk: int = 5) -> list:
     """One result per image (``images``: file paths or uint8 HWC arrays, decoded like the data), as the task's
     predictions say: classes -> the top-k [(class, probability)]; masks -> {"mask": uint8 [H, W] class ids,
-    "areas": {class: fraction of the image}}."""
+    "areas": {class: fraction of the image}}; images (a VAE's reconstructions) -> {"image": uint8 [H, W, C]}."""
     if topk < 1:
         raise ConfigError(f"topk={topk} is out of range: it must be >= 1; e.g. topk=5")
     run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
@@ -223,7 +224,22 @@ def predict(run_dir: str | Path | LoadedRun, images, topk: int = 5) -> list:
             out.append({"mask": m.to(torch.uint8).numpy(),
                         "areas": {c: float(a) for c, a in zip(classes, counts) if a > 0}})
         return out
+    if pred.kind == "images":                 # e.g. a VAE's reconstructions
+        return [{"image": im.numpy()} for im in pred.images.cpu()]
     raise UserError(f"predict: a {pred.kind!r} prediction has no per-image summary yet")
+
+
+def generate(run_dir: str | Path | LoadedRun, n: int = 64, seed: int = 0, label: str | None = None,
+             steps: int | None = None) -> np.ndarray:
+    """``n`` new uint8 [n, H, W, C] images from a generative run's best (EMA) weights, reproducible from ``seed``;
+    ``label``: a class name of a conditional model; ``steps``: sampling steps of a diffusion model."""
+    run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
+    if not run.task.generates:
+        raise UserError(f"{run.run_dir} is a {run.cfg.task} run, which does not generate images: pass a run trained "
+                        "with task=vae, dcgan or ddpm")
+    if n < 1 or (steps is not None and steps < 1):
+        raise UserError(f"n={n}, steps={steps}: both must be >= 1")
+    return run.task.generate(n, seed, label, steps).numpy()
 
 
 def predict_batch(run_dir: str | Path | LoadedRun, images):
@@ -265,7 +281,7 @@ def _test_summary(task, state, splits, cfg: C.Config, run_dir: Path, device, pre
     info, (metric, mode) = task.info, task.primary_metric
     summary = {"task": cfg.task, "primary_metric": metric, "mode": mode, "dataset": cfg.data.name,
                "model": cfg.model.name, "classes": info.classes, "params": count_params(task.model),
-               "flops_per_image": flops_per_image(task.model, info.channels, task.input_size),
+               "flops_per_image": task.flops_per_image(),
                "best_epoch": state.best_epoch, "epochs_run": state.epoch, f"best/{metric}": state.best,
                "device": str(device), "precision": precision, "data_source": splits.source,
                "train_size": len(splits.train), "val_size": len(splits.val) if splits.val else 0,
@@ -335,10 +351,44 @@ def _evaluate_split(task, run_dir, split, cfg, info, device, precision, keep_err
     if keep_errors:
         best = load_checkpoint(Path(run_dir) / "checkpoints" / "best.safetensors")
         task.model.load_state_dict(best["weights"])
-    metrics = run_eval(task, _eval_loader(split, cfg, info), device, precision, collect_examples=keep_errors)
+    task.full_evaluation = True             # the figures for the record (e.g. FID on fid.samples images)
+    try:
+        metrics = run_eval(task, _eval_loader(split, cfg, info), device, precision, collect_examples=keep_errors)
+    finally:
+        task.full_evaluation = False
     if keep_errors:
         _write_errors(task, split, run_dir)
     return metrics
+
+
+def _progress_pictures(task, ctx: FitContext, run_dir: Path):
+    """An epoch-end callback writing the task's pictures of progress (``epoch_images``) from the evaluated model
+    (the EMA when there is one) to samples/<name>-epochNNN.png."""
+    def write(state, row) -> None:
+        original = task.model
+        task.model = ctx.ema.module if ctx.ema is not None else distributed.unwrap(original)
+        was_training = task.model.training
+        task.model.eval()
+        try:
+            with torch.no_grad():
+                pictures = task.epoch_images()
+        finally:
+            task.model.train(was_training)
+            task.model = original
+        for name, image in pictures.items():
+            save_png(run_dir / "samples" / f"{name}-epoch{state.epoch:03d}.png", image)
+    return write
+
+
+def save_png(path: Path, image: np.ndarray) -> None:
+    """uint8 [H, W, C] (C = 1 or 3) -> PNG, atomically."""
+    from PIL import Image
+
+    from .utils import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format="PNG")
 
 
 def _write_errors(task, split, run_dir) -> None:

@@ -13,6 +13,7 @@ modes:
   train [CONFIG.yaml] [key=value ...]    train a run (no config: the embedded MNIST-5k demo); resume=RUN_DIR continues
   eval RUN_DIR [split=test|val|train] [tag=NAME] [KEY=VALUE ...]   re-evaluate the best checkpoint (KEY: data.image_size, the task's section)
   predict RUN_DIR IMAGE... [topk=5] [out=DIR]   top-k classes per image; masks: mask + overlay PNGs in DIR
+  generate RUN_DIR [n=64] [class=NAME] [seed=0] [steps=K] [out=DIR]   new images from a vae/dcgan/ddpm run + grid.png
   report DIR                             regenerate the report of a run, seeds, compare or sweep folder
   explain RUN_DIR IMAGE... [method=gradcam|cam] [layer=NAME] [class=NAME|pred] [out=DIR]   CAM / Grad-CAM overlays
   similar RUN_DIR IMAGE [k=8] [metric=cosine|euclidean] [out=DIR]   nearest training images, as a grid
@@ -223,7 +224,8 @@ MODES = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report":
          "ensemble": _lazy("experiments", "cmd_ensemble"), "sweep": _lazy("sweep", "cmd_sweep"),
          "explain": _lazy("explain", "cmd_explain"), "similar": _lazy("similar", "cmd_similar"),
          "app": _lazy("app", "cmd_app"), "export": _lazy("deploy", "cmd_export"),
-         "bench": _lazy("deploy", "cmd_bench"), "stream": _lazy("stream", "cmd_stream")}
+         "bench": _lazy("deploy", "cmd_bench"), "stream": _lazy("stream", "cmd_stream"),
+         "generate": _lazy("generate", "cmd_generate")}
 
 
 def main(argv: list[str] | None = None) -> int:

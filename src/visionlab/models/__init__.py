@@ -160,17 +160,24 @@ def count_params(model: nn.Module) -> int:
 
 def flops_per_image(model: nn.Module, in_channels: int, image_size: tuple[int, int]) -> int:
     """Forward FLOPs for one image (multiply-add = 2 FLOPs), counted by torch's FlopCounterMode."""
+    x = torch.zeros(1, in_channels, *image_size, device=next(model.parameters()).device)
+    return count_flops(model, x)
+
+
+def count_flops(model: nn.Module, *inputs) -> int:
+    """Forward FLOPs of ``model(*inputs)`` in eval mode (multiply-add = 2 FLOPs), by torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
     model.eval()
-    x = torch.zeros(1, in_channels, *image_size, device=next(model.parameters()).device)
+    device = next(model.parameters()).device
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(x)
+        model(*[x.to(device) if torch.is_tensor(x) else x for x in inputs])
     model.train(was_training)
     return int(counter.get_total_flops())
 
 
-__all__ = ["MODELS", "SEGMENTATION_MODELS", "build_model", "check_budget", "count_params", "flops_per_image",
+__all__ = ["MODELS", "SEGMENTATION_MODELS", "build_model", "check_budget", "count_flops", "count_params",
+           "flops_per_image",
            "resolve_stem", "timm_preprocessing"]

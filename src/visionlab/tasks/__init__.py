@@ -1,13 +1,21 @@
-"""Task registry: one room per task family (classification, segmentation; detection, generation and more later)."""
+"""Task registry: one room per task family (classification, segmentation, generative models; detection and more
+later)."""
 from ..registry import Registry
 from .base import Prediction, Task
 from .classification import ClassificationParams, ClassificationTask, build_classification, default_image_size
+from .generative.ddpm import DDPMTask, build_ddpm
+from .generative.gan import DCGANTask, build_dcgan
+from .generative.vae import VAETask, build_vae
 from .segmentation import SegmentationParams, SegmentationTask, build_segmentation
 
 TASKS = Registry("task")
 TASKS.register("classification", build_classification)
 TASKS.register("segmentation", build_segmentation)
-_CLASSES = {"classification": ClassificationTask, "segmentation": SegmentationTask}    # one row per registered task
+TASKS.register("vae", build_vae)
+TASKS.register("dcgan", build_dcgan)
+TASKS.register("ddpm", build_ddpm)
+_CLASSES = {"classification": ClassificationTask, "segmentation": SegmentationTask,    # one row per registered task
+            "vae": VAETask, "dcgan": DCGANTask, "ddpm": DDPMTask}
 
 
 def declared_metric(task: str) -> tuple[str, str]:

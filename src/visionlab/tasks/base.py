@@ -44,6 +44,9 @@ class Task:
     manual_optimization: bool = False           # True: training_step steps self.optimizers itself (e.g. a GAN)
     generates: bool = False                     # True: ``generate`` samples new images (the app's Generate tab)
     streams: tuple[str, ...] = ("train",)       # training streams ("unlabeled" too for semi-supervised learning)
+    # True while the pipeline scores a run for the record (the test summary, `visionlab eval`); False for the
+    # per-epoch validation, which a task may make cheaper (FID on fewer generated images)
+    full_evaluation: bool = False
 
     def __init__(self, model: nn.Module, info, input_size: tuple[int, int]):
         self.model = model                      # the module evaluated, checkpointed as "best" and exported
@@ -105,6 +108,17 @@ class Task:
     def generate(self, n: int, seed: int) -> torch.Tensor:
         """``n`` new uint8 [n, H, W, C] images, reproducible from ``seed`` (tasks with ``generates``)."""
         raise NotImplementedError
+
+    def flops_per_image(self) -> int:
+        """Forward FLOPs of the model for one image (summary.json; generative tasks: one network call per sample)."""
+        from ..models import flops_per_image
+
+        return flops_per_image(self.model, self.info.channels, self.input_size)
+
+    def epoch_images(self) -> dict:
+        """name -> uint8 [H, W, C] pictures of progress, written after every epoch as samples/<name>-epochNNN.png
+        (called with ``model`` set to the evaluated model, the EMA when there is one)."""
+        return {}
 
     def export_module(self) -> nn.Module:
         """A module mapping uint8 NHWC images to the task's raw output tensor (classification logits, segmentation
