@@ -129,3 +129,29 @@ def test_resume_is_exact(task, tmp_path, monkeypatch, data_dir):
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (full, half))
     assert sa["test/fid"] == pytest.approx(sb["test/fid"], rel=1e-6)
     assert (full / "samples" / "samples-epoch002.png").is_file()
+
+
+def test_few_labels_plus_generated_images(tmp_path, monkeypatch, data_dir):
+    """data.labels_per_class keeps k seeded training images per class (val/test whole); data.synthetic adds
+    data.synthetic_per_class samples per class of a conditional generative run, seeded by the classifier's seed."""
+    from visionlab.data import build_splits
+    from visionlab.run import train
+
+    monkeypatch.setenv("VISIONLAB_DATA", str(data_dir))
+    few = C.load_config(None, ["data.name=mnist5k", "data.labels_per_class=10"]).data
+    splits, full = build_splits(few), build_splits(C.load_config(None, ["data.name=mnist5k"]).data)
+    assert np.bincount(splits.train.labels).tolist() == [10] * 10
+    assert len(splits.test) == len(full.test) and len(splits.val) == len(full.val)
+    assert np.array_equal(build_splits(few).train.labels, splits.train.labels)      # the same few for every seed
+
+    base = ["data.name=mnist5k", "data.labels_per_class=10", "train.epochs=1", "train.threads=1",
+            "train.progress=false", "train.tensorboard=false", f"out_dir={tmp_path}"]
+    cvae = train(None, base + ["task=vae", "vae.conditional=true", "vae.width=8", "fid.samples=100",
+                               "fid.val_samples=50", "fid.kid_subset_size=50", "name=cvae"]).run_dir
+    clf = train(None, base + [f"data.synthetic={cvae}", "data.synthetic_per_class=20", "name=clf"]).run_dir
+    report = json.loads((clf / "data_report.json").read_text())
+    assert sum(report["counts"]["train"].values()) == 100 + 200
+    uncond = train(None, base + ["task=dcgan", "dcgan.width=8", "fid.samples=100", "fid.val_samples=50",
+                                 "fid.kid_subset_size=50", "name=gan"]).run_dir
+    with pytest.raises(UserError, match="class-conditional generative run"):
+        train(None, base + [f"data.synthetic={uncond}", "data.synthetic_per_class=5", "name=bad"])

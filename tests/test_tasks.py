@@ -104,9 +104,26 @@ def test_report_eval_predict_export(task_run, tmp_path):
     parity = json.loads((run_dir / "export.json").read_text())["onnx"]
     if task in GENERATIVE:                   # the generator / decoder / denoiser under ONNX Runtime, same noise
         assert parity["metric"] == "pixels" and parity["agree"] > 0.99
+        _generate_then_fid(run_dir, tmp_path)
         return
     assert parity["metric"] == {"classification": "top1", "segmentation": "miou"}[task]
     assert abs(parity["diff_points"]) <= 0.1 and parity["agree"] > 0.99
+
+
+def _generate_then_fid(run_dir: Path, tmp_path: Path) -> None:
+    """`visionlab generate` writes n seeded PNGs (the same seed, the same images) and a grid beside the folder, which
+    `visionlab fid` then scores against a dataset split, naming the extractor."""
+    out = tmp_path / "gen"
+    for again in (False, True):
+        r = run_cli("generate", str(run_dir), "n=12", "seed=5", f"out={out}")
+        assert r.returncode == 0, r.stderr
+        files = sorted(out.glob("*.png"))
+        first = first if again else [np.asarray(Image.open(f)) for f in files]
+    assert len(files) == 12 and all(np.array_equal(np.asarray(Image.open(f)), a) for f, a in zip(files, first))
+    assert first[0].shape == (28, 28) and (tmp_path / "gen-grid.png").is_file()
+    r = run_cli("fid", str(out), "mnist5k:test", "n=12")
+    assert r.returncode == 0, r.stderr
+    assert "fid" in r.stdout.lower() and "not comparable" in r.stdout
 
 
 def test_segmentation_metrics_match_a_direct_computation(tmp_path_factory, monkeypatch):

@@ -50,6 +50,11 @@ class DataConfig:
     cache_dir: str = opt("", "where decoded-dataset caches go; empty -> ~/.cache/visionlab")
     num_workers: int = opt(2, "DataLoader workers for datasets that do not fit in memory", ge=0)
     limit: int = opt(0, "use at most this many images per split (quick experiments); 0 = all", ge=0)
+    labels_per_class: int = opt(0, "keep only this many (seeded by data.split_seed) training images per class: "
+                                   "few-label experiments; val and test stay whole; 0 = all", ge=0)
+    synthetic: str = opt("", "a conditional generative RUN_DIR (task=vae|dcgan|ddpm, same classes) whose samples are "
+                             "added to the train split (generative augmentation)")
+    synthetic_per_class: int = opt(0, "generated training images per class from data.synthetic", ge=0)
     bootstrap: bool = opt(False, "train on a bootstrap resample of the train split drawn with the run's seed "
                                  "(bagging ensembles)")
 

@@ -70,6 +70,8 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
         splits = build_splits(cfg.data, default_size=default_image_size(cfg))
         if dist.main and resume_dir is None and cfg.data.image_size != size_asked:
             atomic_write_text(run_dir / "config.yaml", C.dump_yaml(cfg))     # the size the data chose
+        if cfg.data.synthetic:                  # generative augmentation: samples of a conditional model
+            splits.train = add_generated(splits.train, splits.info(), cfg)
         if cfg.data.bootstrap:                  # a bagging member: n draws with replacement from the train split
             splits.train = bootstrap(splits.train, cfg.seed)
         if dist.main:
@@ -227,6 +229,34 @@ def predict(run_dir: str | Path | LoadedRun, images, topk: int = 5) -> list:
     if pred.kind == "images":                 # e.g. a VAE's reconstructions
         return [{"image": im.numpy()} for im in pred.images.cpu()]
     raise UserError(f"predict: a {pred.kind!r} prediction has no per-image summary yet")
+
+
+def add_generated(train, info: DataInfo, cfg: C.Config):
+    """``train`` plus ``data.synthetic_per_class`` images per class sampled from the conditional generative run
+    ``data.synthetic`` (same classes, size and channels), seeded by the run's seed; names say where they came from."""
+    from .data import ImageSet
+
+    gen = load_run(cfg.data.synthetic)
+    section = getattr(gen.cfg, gen.cfg.task, None)           # vae / dcgan / ddpm: the section says conditional
+    if not (gen.task.generates and section is not None and section.conditional):
+        raise UserError(f"data.synthetic={cfg.data.synthetic} must be a class-conditional generative run "
+                        "(task=vae|dcgan|ddpm with <task>.conditional=true)")
+    if list(gen.info.classes) != list(info.classes) or tuple(gen.info.image_size) != tuple(info.image_size) \
+            or gen.info.channels != info.channels:
+        raise UserError(f"data.synthetic={cfg.data.synthetic} makes {gen.info.channels}-channel "
+                        f"{tuple(gen.info.image_size)} images of {gen.info.classes}; this run needs {info.channels}-"
+                        f"channel {tuple(info.image_size)} images of {info.classes}")
+    if not train.in_memory:
+        raise UserError("data.synthetic needs a dataset decoded in memory (data.in_memory=true)")
+    k = cfg.data.synthetic_per_class
+    if k < 1:
+        raise ConfigError("data.synthetic needs data.synthetic_per_class >= 1 (images generated per class)")
+    images = [gen.task.generate(k, 1_000_003 * cfg.seed + c, c).numpy() for c in range(len(info.classes))]
+    labels = np.repeat(np.arange(len(info.classes)), k)
+    names = [f"generated:{gen.run_dir.name}/{info.classes[c]}/{i}" for c in range(len(info.classes)) for i in range(k)]
+    return ImageSet(labels=np.concatenate([train.labels, labels]).astype(np.int64),
+                    images=np.concatenate([train.images] + images),
+                    names=(train.names or [f"train[{i}]" for i in range(len(train))]) + names)
 
 
 def generate(run_dir: str | Path | LoadedRun, n: int = 64, seed: int = 0, label: str | None = None,

@@ -129,7 +129,7 @@ def load_app_runs(run_dirs: list[str | Path], guide: str | Path | None = None) -
 def link_generators(runs: list[AppRun]) -> None:
     """Give each non-generative run the first class-conditional generative run trained on the same class names
     (its guide cards then show a generated example of the predicted class)."""
-    gens = [r for r in runs if r.generative and getattr(r.run.task, "conditional", False)]
+    gens = [r for r in runs if r.generative and r.run.task.conditional]
     for r in runs:
         if not r.generative:
             r.generator = next((g for g in gens if set(g.run.classes) == set(r.run.classes)), None)
@@ -164,12 +164,9 @@ def segment_frame(app_run: AppRun, rgb: np.ndarray) -> dict:
 
 
 def sample_steps(app_run: AppRun) -> int | None:
-    """The default sampling steps of a run whose task section has ``sample_steps`` and a sampler that takes them
-    (a diffusion model with DDIM); None otherwise (GAN, VAE, ancestral sampling over all steps)."""
-    cfg = getattr(app_run.run, "cfg", None)
-    section = getattr(cfg, getattr(cfg, "task", ""), None)
-    steps = getattr(section, "sample_steps", None)
-    return None if steps is None or getattr(section, "sampler", "ddim") == "ancestral" else int(steps)
+    """The default sampling steps of a run whose task takes them (a diffusion model with DDIM); None otherwise
+    (GAN, VAE, ancestral sampling over all steps)."""
+    return app_run.run.task.sampling_steps
 
 
 def sample_images(app_run: AppRun, n: int, seed: int, label: str | None = None,
@@ -307,7 +304,7 @@ class Downloads:
         out = self._new_folder()
         stem = f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', label) if label else 'sample'}_{seed}"
         names = [f"{stem}_{i:04d}.png" for i in range(len(images))]
-        record = {"run": getattr(getattr(app_run.run, "run_dir", None), "name", app_run.name), "model": app_run.name,
+        record = {"run": app_run.run.run_dir.name, "model": app_run.name,
                   "n": len(images), "seed": seed, "class": label, "steps": steps, "files": names}
         with zipfile.ZipFile(out / "samples.zip", "w", zipfile.ZIP_DEFLATED) as zf:
             for name, im in zip(names, images):

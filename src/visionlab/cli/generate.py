@@ -1,5 +1,5 @@
 """`visionlab generate RUN_DIR [n=64] [class=NAME] [seed=S] [steps=K] [out=DIR]`: new images from a generative run,
-one PNG each plus grid.png."""
+one PNG each in OUT (default RUN_DIR/generated) and a grid in OUT-grid.png."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,6 +28,7 @@ def cmd_generate(args: list[str]) -> int:
     images = api.generate(pos[0], n, seed, label, steps)
     for i, im in enumerate(images):
         save_png(out / f"{label or 'sample'}_{seed}_{i:04d}.png", im)
-    save_png(out / "grid.png", make_grid(images))
-    print(f"{len(images)} images ({images.shape[1]}x{images.shape[2]}) -> {out} (grid: {out / 'grid.png'})")
+    grid = out.with_name(out.name + "-grid.png")      # beside the folder: `visionlab fid OUT ...` reads samples only
+    save_png(grid, make_grid(images))
+    print(f"{len(images)} images ({images.shape[1]}x{images.shape[2]}) -> {out} (grid: {grid})")
     return 0

@@ -1,6 +1,8 @@
 """Dataset sources behind one registry, and build_splits(cfg) -> Splits (train/val/test + dataset info)."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..registry import Registry
 from . import cifar, embedded, folder, idx, neu_det, segmentation
 from .base import ImageSet, Splits, channel_stats
@@ -34,6 +36,7 @@ def build_splits(cfg, default_size: int | None = None) -> Splits:
     The limit keeps a seeded (cfg.split_seed), stratified subsample of at most ``limit`` images per split.
     Array sources compute mean/std on the full train split; folder sources apply the same limit before
     decoding (only the kept files are read), so their mean/std come from the kept train images.
+    ``labels_per_class`` then keeps that many seeded train images per class (val and test untouched).
     """
     build = DATASETS.get(cfg.name)
     splits = build(cfg, default_size) if cfg.name in MIXED_SIZES else build(cfg)
@@ -42,7 +45,19 @@ def build_splits(cfg, default_size: int | None = None) -> Splits:
             part = getattr(splits, name)
             if part is not None and len(part) > cfg.limit:
                 setattr(splits, name, part.subset(limit_indices(part.labels, cfg.limit, cfg.split_seed)))
-        if splits.manifest is not None:
-            kept = {n for s in (splits.train, splits.val, splits.test) if s is not None for n in (s.names or [])}
-            splits.manifest = [m for m in splits.manifest if m["file"] in kept]
+    if cfg.labels_per_class:
+        splits.train = splits.train.subset(per_class_indices(splits.train.labels, cfg.labels_per_class,
+                                                             cfg.split_seed))
+    if (cfg.limit or cfg.labels_per_class) and splits.manifest is not None:
+        kept = {n for s in (splits.train, splits.val, splits.test) if s is not None for n in (s.names or [])}
+        splits.manifest = [m for m in splits.manifest if m["file"] in kept]
     return splits
+
+
+def per_class_indices(labels, k: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``k`` seeded picks per class (all of a class with fewer): the labelled few of a few-label
+    experiment, the same for every training seed."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:k] for c in np.unique(labels)]
+    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)

@@ -42,15 +42,16 @@ def of_summary(summary: dict) -> Primary:
 def of_runs(run_dirs) -> Primary:
     """The primary metric shared by the runs that have a summary.json; UserError when they disagree (a
     comparison of a classification and a segmentation run has no common yardstick). No summary at all: val/acc."""
-    found: dict[Primary, Path] = {}
+    found: dict[tuple, tuple[Primary, Path]] = {}
     for d in map(Path, run_dirs):
         if (d / "summary.json").is_file():
-            found.setdefault(of_summary(read_json(d / "summary.json")), d)
+            p = of_summary(read_json(d / "summary.json"))
+            found.setdefault((p.metric, p.mode), (p, d))       # tasks sharing a yardstick compare (VAE vs DDPM FID)
     if len(found) > 1:
-        (a, da), (b, db) = list(found.items())[:2]
+        (a, da), (b, db) = list(found.values())[:2]
         raise UserError(f"these runs report different primary metrics ({da}: {a.task} {a.metric}, {db}: {b.task} "
                         f"{b.metric}); compare runs of one task, or pass metric=test/<name> explicitly")
-    return next(iter(found), Primary(*LEGACY))
+    return next(iter(found.values()), (Primary(*LEGACY), None))[0]
 
 
 def of_task(task: str) -> Primary:

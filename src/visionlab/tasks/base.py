@@ -43,6 +43,8 @@ class Task:
     primary_metric: tuple[str, str] = ("val/acc", "max")   # a logged key and its direction (max | min)
     manual_optimization: bool = False           # True: training_step steps self.optimizers itself (e.g. a GAN)
     generates: bool = False                     # True: ``generate`` samples new images (the app's Generate tab)
+    conditional: bool = False                   # with ``generates``: ``generate(label=...)`` picks a class
+    sampling_steps: int | None = None           # with ``generates``: the default ``steps`` (None: it takes none)
     streams: tuple[str, ...] = ("train",)       # training streams ("unlabeled" too for semi-supervised learning)
     # True while the pipeline scores a run for the record (the test summary, `visionlab eval`); False for the
     # per-epoch validation, which a task may make cheaper (FID on fewer generated images)
@@ -105,8 +107,9 @@ class Task:
         """uint8 NHWC images -> typed predictions."""
         raise NotImplementedError
 
-    def generate(self, n: int, seed: int) -> torch.Tensor:
-        """``n`` new uint8 [n, H, W, C] images, reproducible from ``seed`` (tasks with ``generates``)."""
+    def generate(self, n: int, seed: int, label=None, steps: int | None = None) -> torch.Tensor:
+        """``n`` new uint8 [n, H, W, C] images, reproducible from ``seed`` (tasks with ``generates``); ``label``: a
+        class name or index (``conditional`` tasks); ``steps``: sampling steps (tasks with ``sampling_steps``)."""
         raise NotImplementedError
 
     def flops_per_image(self) -> int:

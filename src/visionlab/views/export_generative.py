@@ -144,7 +144,7 @@ def export_generative(run_dir, opset: int = DEFAULT_OPSET, samples: int = PARITY
     eager on ``samples`` images and record file, bytes, sha256 and parity under "onnx" in RUN_DIR/export.json;
     returns that record."""
     run = as_run(run_dir)
-    if not getattr(run.task, "generates", False):
+    if not run.task.generates:
         raise UserError(f"{run.run_dir} is a {run.cfg.task} run: export_generative exports vae, dcgan and ddpm "
                         "runs; use visionlab.views.export_run.export_run for the others")
     path, denoiser = onnx_path(run), is_denoiser(run)

@@ -225,7 +225,7 @@ def export_run(run_dir, formats: list[str], opset: int = DEFAULT_OPSET,
     test split (a seeded stratified ``test_limit`` images when > 0, for a quick check) and merge the results into
     RUN_DIR/export.json; returns {format: result}."""
     run = as_run(run_dir)
-    if getattr(run.task, "generates", False):
+    if run.task.generates:
         raise UserError(f"{run.run_dir} is a generative run (task={run.cfg.task}): export it with "
                         "`visionlab export RUN_DIR format=onnx` (views/export_generative.export_generative)")
     for fmt in formats:

@@ -63,8 +63,9 @@ def sections(info: dict, classes: list[str]) -> list:
     if grids:
         best = s.get("best_epoch")
         shown = grids.get(best) or list(grids.values())[-1]
-        blocks = [("text", f"Fixed noise, so the grids of different epochs are comparable (epoch {best if best in grids else list(grids)[-1]}; "
-                           "one row per class for conditional models)."), ("image", shown, "samples")]
+        epoch = best if best in grids else list(grids)[-1]
+        blocks = [("text", f"Epoch {epoch} (the best checkpoint). Fixed noise, so the grids of different epochs are "
+                           "comparable; one row per class for conditional models."), ("image", shown, "samples")]
         picks = sorted({list(grids)[0], list(grids)[len(grids) // 2], list(grids)[-1]})
         if len(picks) > 1:
             blocks.append(("text", "Progress: epochs " + ", ".join(str(e) for e in picks) + "."))

@@ -35,7 +35,7 @@ def how_to_enable() -> str:
 def class_choices(app_run: AppRun) -> list[str]:
     """The class picker's entries: "any" and the run's classes for a conditional model, none otherwise."""
     task = app_run.run.task
-    return [ANY, *app_run.run.info.classes] if getattr(task, "conditional", False) else []
+    return [ANY, *app_run.run.info.classes] if task.conditional else []
 
 
 def _whole(value, key: str, low: int, high: int | None = None) -> int:

@@ -38,6 +38,7 @@ class DDPMTask(GenerativeTask):
         if self.p.sampler not in ("ddim", "ancestral"):
             raise ConfigError(f"ddpm.sampler={self.p.sampler!r}: choose ddim or ancestral")
         self.alpha_bar = alpha_bars(self.p.schedule, self.p.timesteps)
+        self.sampling_steps = self.p.sample_steps if self.p.sampler == "ddim" else None   # ancestral: all T
 
     @property
     def unet(self) -> UNet:

@@ -203,11 +203,12 @@ class _Penultimate(nn.Module):
 
 
 def _classifier_data_cfg(dataset: str, data_cfg):
-    """The DataConfig the classifier trains on: ``data_cfg``'s root and limit when it names the same dataset."""
+    """The DataConfig the classifier trains on: the dataset's whole train split (``data_cfg``'s root when it names the
+    same dataset, never its data.limit: the yardstick must not change with how much a run trains on)."""
     from ...config import DataConfig
 
     same = data_cfg is not None and getattr(data_cfg, "name", "") == dataset
-    return DataConfig(name=dataset, root=data_cfg.root if same else "", limit=data_cfg.limit if same else 0,
+    return DataConfig(name=dataset, root=data_cfg.root if same else "",
                       cache_dir=getattr(data_cfg, "cache_dir", "") if data_cfg is not None else "")
 
 
