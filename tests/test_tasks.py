@@ -104,7 +104,8 @@ def test_report_eval_predict_export(task_run, tmp_path):
     parity = json.loads((run_dir / "export.json").read_text())["onnx"]
     if task in GENERATIVE:                   # the generator / decoder / denoiser under ONNX Runtime, same noise
         assert parity["metric"] == "pixels" and parity["agree"] > 0.99
-        _generate_then_fid(run_dir, tmp_path)
+        if task == "dcgan":                  # the cheapest sampler: the CLI path is the same for all three
+            _generate_then_fid(run_dir, tmp_path)
         if task == "ddpm":                   # FID against DDIM steps: an eval-time key, a table in the report
             r = run_cli("eval", str(run_dir), "tag=steps2", "ddpm.sample_steps=2")
             assert r.returncode == 0, r.stderr
