@@ -248,3 +248,28 @@ def test_manual_optimization_two_optimizers_log_checkpoint_and_resume(tmp_path):
     assert [{k: v for k, v in r.items() if k not in ("epoch_s", "img_per_s")} for r in resumed.history] == strip
     for k, v in task.model.state_dict().items():
         assert torch.equal(v, again.model.state_dict()[k]), k
+
+
+def test_evaluate_computes_metrics_with_the_evaluated_model_and_precision():
+    """compute_metrics runs with the model being evaluated (the EMA) and under the evaluation's autocast: a generative
+    task samples there, and the raw training weights must not stand in for the EMA (a bug seen on a DDPM)."""
+    import torch
+
+    from visionlab.engine import evaluate
+    from visionlab.tasks.base import Task
+
+    class Probe(Task):
+        def validation_step(self, batch):
+            self.seen.append(self.model)
+
+        def reset_metrics(self, collect_examples=False):
+            self.seen = []
+
+        def compute_metrics(self):
+            return {"model": self.model, "steps": list(self.seen), "bf16": torch.is_autocast_enabled("cpu")}
+
+    raw, ema = torch.nn.Linear(1, 1), torch.nn.Linear(1, 1)
+    task = Probe(raw, None, (1, 1))
+    out = evaluate(task, [(torch.zeros(1, 1),)], torch.device("cpu"), "bf16", model=ema)
+    assert out["model"] is ema and out["steps"] == [ema] and out["bf16"]
+    assert task.model is raw                                   # restored afterwards

@@ -53,16 +53,19 @@ def _to(batch, device):
 
 
 def evaluate(task, loader, device, precision: str, collect_examples: bool = False, model=None) -> dict:
-    """Run ``task.validation_step`` over ``loader`` (optionally with another model, e.g. the EMA) -> metrics."""
+    """Run ``task.validation_step`` over ``loader`` (optionally with another model, e.g. the EMA) -> metrics.
+    ``compute_metrics`` runs with that model too and under the same precision: a generative task samples there."""
     original = task.model
     task.model = model if model is not None else original
     task.model.eval()
     task.reset_metrics(collect_examples=collect_examples)
-    with torch.no_grad(), autocast(device, precision):
-        for batch in loader:
-            task.validation_step(_to(batch, device))
-    task.model = original
-    return task.compute_metrics()
+    try:
+        with torch.no_grad(), autocast(device, precision):
+            for batch in loader:
+                task.validation_step(_to(batch, device))
+            return task.compute_metrics()
+    finally:
+        task.model = original
 
 
 def _rng_states(ctx: FitContext) -> dict:
