@@ -15,15 +15,15 @@ from .data import build_splits
 from .data.split import bootstrap
 from .data.base import DataInfo
 from .data.loaders import build_loader
-from .engine import (FitContext, build_optimizer, build_scheduler, evaluate as run_eval, fit, load_checkpoint,
-                     resolve_precision)
+from .engine import (FitContext, build_optimizer, build_scheduler, evaluate as run_eval, evaluated_model, fit,
+                     load_checkpoint, resolve_precision, using_model)
 from .engine import distributed
 from .engine import lock as run_lock
 from .engine.resume import asked_keys, find_resume_dir, restore_run, resume_config
 from .engine.rundir import check_name, new_run_dir, versions, write_env, write_status
 from .models import count_params
 from .tasks import TASKS, default_image_size
-from .utils import ConfigError, UserError, atomic_write_text, resolve_device, seed_everything, write_json
+from .utils import ConfigError, UserError, atomic_write_text, resolve_device, seed_everything, write_json, write_png
 
 
 @dataclass
@@ -237,8 +237,7 @@ def add_generated(train, info: DataInfo, cfg: C.Config):
     from .data import ImageSet
 
     gen = load_run(cfg.data.synthetic)
-    section = getattr(gen.cfg, gen.cfg.task, None)           # vae / dcgan / ddpm: the section says conditional
-    if not (gen.task.generates and section is not None and section.conditional):
+    if not (gen.task.generates and gen.task.conditional):
         raise UserError(f"data.synthetic={cfg.data.synthetic} must be a class-conditional generative run "
                         "(task=vae|dcgan|ddpm with <task>.conditional=true)")
     if list(gen.info.classes) != list(info.classes) or tuple(gen.info.image_size) != tuple(info.image_size) \
@@ -395,30 +394,11 @@ def _progress_pictures(task, ctx: FitContext, run_dir: Path):
     """An epoch-end callback writing the task's pictures of progress (``epoch_images``) from the evaluated model
     (the EMA when there is one) to samples/<name>-epochNNN.png."""
     def write(state, row) -> None:
-        original = task.model
-        task.model = ctx.ema.module if ctx.ema is not None else distributed.unwrap(original)
-        was_training = task.model.training
-        task.model.eval()
-        try:
-            with torch.no_grad():
-                pictures = task.epoch_images()
-        finally:
-            task.model.train(was_training)
-            task.model = original
+        with using_model(task, evaluated_model(task, ctx)), torch.no_grad():
+            pictures = task.epoch_images()
         for name, image in pictures.items():
-            save_png(run_dir / "samples" / f"{name}-epoch{state.epoch:03d}.png", image)
+            write_png(run_dir / "samples" / f"{name}-epoch{state.epoch:03d}.png", image)
     return write
-
-
-def save_png(path: Path, image: np.ndarray) -> None:
-    """uint8 [H, W, C] (C = 1 or 3) -> PNG, atomically."""
-    from PIL import Image
-
-    from .utils import atomic_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp, format="PNG")
 
 
 def _write_errors(task, split, run_dir) -> None:

@@ -77,6 +77,24 @@ def atomic_write_many(files: dict) -> None:
         fsync_dir(folder)
 
 
+def png_bytes(image) -> bytes:
+    """uint8 HxW or HxWxC (C = 1, 3 or 4) -> PNG file bytes (one channel written as grey)."""
+    import io
+
+    from PIL import Image
+
+    arr = np.asarray(image, dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_png(path: str | os.PathLike, image) -> None:
+    """``image`` (see png_bytes) as a PNG file at ``path``, atomically, creating its folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, png_bytes(image))
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` so that ``path`` holds either the old or the new content, never a torn file."""
     atomic_write_many({path: data})

@@ -24,7 +24,7 @@ from ..config import data_root
 from ..data.decode import IMAGE_EXTS, to_rgb_or_l
 from ..engine.rundir import unfinished
 from ..run import LoadedRun, load_run, predict
-from ..utils import UserError
+from ..utils import UserError, png_bytes
 from .guide import card_markdown, find_guide, load_guide
 from .upload import model_input, open_upload
 
@@ -200,14 +200,6 @@ def card_with_example(app_run: AppRun, cls: str | None) -> str:
               f'align="right" style="image-rendering: pixelated">')
     note = f"*Beside: a {cls} drawn by the generative run `{app_run.generator.name}` (not a photo).*"
     return f"{figure}\n\n{card}\n\n{note}"
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """uint8 HxW or HxWxC (C = 1, 3 or 4) -> PNG file bytes."""
-    arr = np.asarray(image, dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def display_image(im: Image.Image) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..utils import UserError
+from ..utils import UserError, write_png
 from .args import split_options
 from .main import _int
 
@@ -13,7 +13,6 @@ USAGE = "usage: visionlab generate RUN_DIR [n=64] [class=NAME] [seed=0] [steps=K
 
 def cmd_generate(args: list[str]) -> int:
     from .. import api
-    from ..run import save_png
     from ..tasks.generative.base import make_grid
 
     pos, kv = split_options(args, "generate", ("n", "class", "seed", "steps", "out"), USAGE)
@@ -27,8 +26,8 @@ def cmd_generate(args: list[str]) -> int:
     out = Path(kv.pop("out", "") or Path(pos[0]) / "generated")
     images = api.generate(pos[0], n, seed, label, steps)
     for i, im in enumerate(images):
-        save_png(out / f"{label or 'sample'}_{seed}_{i:04d}.png", im)
+        write_png(out / f"{label or 'sample'}_{seed}_{i:04d}.png", im)
     grid = out.with_name(out.name + "-grid.png")      # beside the folder: `visionlab fid OUT ...` reads samples only
-    save_png(grid, make_grid(images))
+    write_png(grid, make_grid(images))
     print(f"{len(images)} images ({images.shape[1]}x{images.shape[2]}) -> {out} (grid: {grid})")
     return 0

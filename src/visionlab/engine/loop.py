@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -52,20 +53,32 @@ def _to(batch, device):
     return [t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch]
 
 
+@contextmanager
+def using_model(task, model):
+    """``task.model`` is ``model`` (in eval mode) inside the block, the original again afterwards."""
+    original = task.model
+    task.model = model
+    model.eval()
+    try:
+        yield
+    finally:
+        task.model = original
+
+
+def evaluated_model(task, ctx: FitContext):
+    """The model that validation, the best checkpoint and pictures of progress use: the EMA when there is one."""
+    return ctx.ema.module if ctx.ema is not None else unwrap(task.model)
+
+
 def evaluate(task, loader, device, precision: str, collect_examples: bool = False, model=None) -> dict:
     """Run ``task.validation_step`` over ``loader`` (optionally with another model, e.g. the EMA) -> metrics.
     ``compute_metrics`` runs with that model too and under the same precision: a generative task samples there."""
-    original = task.model
-    task.model = model if model is not None else original
-    task.model.eval()
-    task.reset_metrics(collect_examples=collect_examples)
-    try:
-        with torch.no_grad(), autocast(device, precision):
-            for batch in loader:
-                task.validation_step(_to(batch, device))
-            return task.compute_metrics()
-    finally:
-        task.model = original
+    with using_model(task, model if model is not None else task.model), torch.no_grad(), \
+            autocast(device, precision):
+        task.reset_metrics(collect_examples=collect_examples)
+        for batch in loader:
+            task.validation_step(_to(batch, device))
+        return task.compute_metrics()
 
 
 def _rng_states(ctx: FitContext) -> dict:
@@ -125,8 +138,7 @@ def _save_last(task, ctx: FitContext, state: FitState) -> None:
 def _save_best(task, ctx: FitContext, state: FitState) -> None:
     if not ctx.dist.main:
         return
-    model = ctx.ema.module if ctx.ema is not None else unwrap(task.model)
-    save_checkpoint(ctx.run_dir / "checkpoints" / "best.safetensors", model.state_dict(),
+    save_checkpoint(ctx.run_dir / "checkpoints" / "best.safetensors", evaluated_model(task, ctx).state_dict(),
                     {**ctx.sidecar, "epoch": state.best_epoch, "best": state.best})
 
 
@@ -213,8 +225,7 @@ def fit(task, train_loader, val_loader, ctx: FitContext, state: FitState | None 
         row = {"epoch": state.epoch + 1, "step": state.step, "lr": lr}
         row.update({f"train/{k}": v / max(run["n"], 1) for k, v in run.items() if k not in ("n", "seconds")})
         if val_loader is not None:        # every rank evaluates the whole split: same model, same numbers
-            model = ctx.ema.module if ctx.ema is not None else unwrap(task.model)
-            vm = evaluate(task, val_loader, ctx.device, ctx.precision, model=model)
+            vm = evaluate(task, val_loader, ctx.device, ctx.precision, model=evaluated_model(task, ctx))
             row.update({f"val/{k}": v for k, v in vm.items() if isinstance(v, (int, float))})
         row.update({"epoch_s": run["seconds"], "img_per_s": run["n"] / max(run["seconds"], 1e-9)})
         state.train_s += run["seconds"]

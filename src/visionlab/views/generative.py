@@ -2,14 +2,10 @@
 interpolations, FID against the number of sampling steps) and how `visionlab predict` shows a VAE's reconstructions."""
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from visionlab.utils import atomic_write_bytes
+from visionlab.utils import write_png
 from visionlab.views.markup import fmt
 
 HEADLINE = (("fid", "FID", ""), ("kid", "KID", "f4"), ("kid_std", "KID std over subsets", "f4"),
@@ -89,10 +85,7 @@ def show_predictions(results: list, images: list[str], out_dir: Path | None) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = []
     for image, r in zip(images, results):
-        arr = np.asarray(r["image"])
-        buf = io.BytesIO()
-        Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).save(buf, format="PNG")
         path = out_dir / f"{Path(str(image)).stem}_recon.png"
-        atomic_write_bytes(path, buf.getvalue())
+        write_png(path, r["image"])
         lines.append(f"{image}\t-> {path}")
     return lines

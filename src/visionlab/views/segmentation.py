@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
-from visionlab.utils import atomic_write_bytes
+from visionlab.utils import atomic_write_bytes, write_png
 from visionlab.views.markup import fmt
 from visionlab.views.plots import save_figure as _save
 
@@ -139,9 +139,7 @@ def show_predictions(results: list, images: list[str], out_dir: Path | None) -> 
         if arr is not None:                       # the overlay at the size the model saw
             im = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
             arr = np.asarray(im.resize((mask.shape[1], mask.shape[0]), Image.BILINEAR))
-            buf = io.BytesIO()
-            Image.fromarray(overlay(arr, mask, 256)).save(buf, format="PNG")
-            atomic_write_bytes(out_dir / f"{stem}_overlay.png", buf.getvalue())
+            write_png(out_dir / f"{stem}_overlay.png", overlay(arr, mask, 256))
         areas = "  ".join(f"{c}:{a:.3f}" for c, a in sorted(r["areas"].items(), key=lambda t: -t[1]))
         lines.append(f"{image}\t{areas}\t-> {out_dir / (stem + '_mask.png')}")
     return lines
