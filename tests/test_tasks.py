@@ -25,6 +25,9 @@ RECIPES = {     # task -> (overrides, a real image to predict, the primary metri
                "fid.kid_subset_size=100", "ddpm.sample_steps=5", "ddpm.width=16"], None, "val/fid",
               "_recon.png" if task == "vae" else None)
        for task in ("vae", "dcgan", "ddpm")},
+    # the two-network method: teacher and student in one checkpoint, the student evaluated, exported and served
+    "ssl": (["task=ssl", "ssl.method=mpl", "data.limit=300", "data.labels_per_class=10", "train.iterations=20",
+             "train.eval_every=10", "train.batch_size=16", "ssl.mu=2", "train.ema_decay=0.9"], None, "val/acc", ":"),
 }
 GENERATIVE = ("vae", "dcgan", "ddpm")
 
@@ -78,7 +81,8 @@ def test_report_eval_predict_export(task_run, tmp_path):
     metric = primary.split("/")[1]
     md = (run_dir / "report.md").read_text()
     assert f"best {primary}" in md and "## Results" in md
-    assert {"classification": "## Per-class metrics", "segmentation": "## Per-class IoU"}.get(task, "## Samples") in md
+    assert {"classification": "## Per-class metrics", "segmentation": "## Per-class IoU",
+            "ssl": "## Semi-supervised training"}.get(task, "## Samples") in md
 
     ev = run_cli("eval", str(run_dir), "split=val")
     assert ev.returncode == 0, ev.stderr
@@ -112,7 +116,7 @@ def test_report_eval_predict_export(task_run, tmp_path):
             assert json.loads((run_dir / "eval_test-steps2.json").read_text())["overrides"] == ["ddpm.sample_steps=2"]
             assert "## FID against sampling steps" in (run_dir / "report.md").read_text()
         return
-    assert parity["metric"] == {"classification": "top1", "segmentation": "miou"}[task]
+    assert parity["metric"] == {"classification": "top1", "ssl": "top1", "segmentation": "miou"}[task]
     assert abs(parity["diff_points"]) <= 0.1 and parity["agree"] > 0.99
 
 

@@ -50,8 +50,13 @@ class DataConfig:
     cache_dir: str = opt("", "where decoded-dataset caches go; empty -> ~/.cache/visionlab")
     num_workers: int = opt(2, "DataLoader workers for datasets that do not fit in memory", ge=0)
     limit: int = opt(0, "use at most this many images per split (quick experiments); 0 = all", ge=0)
-    labels_per_class: int = opt(0, "keep only this many (seeded by data.split_seed) training images per class: "
-                                   "few-label experiments; val and test stay whole; 0 = all", ge=0)
+    labels_per_class: int = opt(0, "few-label protocol: keep the labels of this many (seeded by data.split_seed) "
+                                   "training images per class, the rest become the unlabelled stream (task=ssl); "
+                                   "val and test stay whole; 0 = all labelled", ge=0)
+    labels_total: int = opt(0, "few-label protocol: this many labels in all, spread evenly over the classes (CIFAR-10 "
+                               "@ 4000 = 400 per class)", ge=0)
+    labeled_indices: str = opt("", "few-label protocol: the labelled images of another run (its labeled_indices.csv "
+                                   "or its RUN_DIR), so methods and seeds share the exact split")
     synthetic: str = opt("", "a conditional generative RUN_DIR (task=vae|dcgan|ddpm, same classes) whose samples are "
                              "added to the train split (generative augmentation)")
     synthetic_per_class: int = opt(0, "generated training images per class from data.synthetic", ge=0)
@@ -101,7 +106,12 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = opt(5, "number of passes over the training split", ge=1)
+    epochs: int = opt(5, "number of passes over the training split (set from train.iterations when that is on)",
+                      ge=1)
+    iterations: int = opt(0, "count training in optimizer steps instead of epochs: this many in all, evaluated every "
+                             "train.eval_every steps (each stream an endless reshuffled pass); 0 = off", ge=0)
+    eval_every: int = opt(500, "with train.iterations: steps between evaluations and checkpoints (the engine's "
+                               "'epoch')", ge=1)
     batch_size: int = opt(100, "training batch size", ge=1)
     eval_batch_size: int = opt(500, "batch size for validation and test", ge=1)
     device: str = opt("auto", "auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
@@ -189,10 +199,35 @@ class DDPMConfig:
 
 
 @dataclass
+class SSLConfig:
+    """task=ssl: semi-supervised classification on the few-label protocol (data.labels_per_class / labels_total /
+    labeled_indices), counted in train.iterations; the final EMA model is reported (train.ema_decay)."""
+    method: str = opt("fixmatch", "supervised (labelled images only, same augmentation and steps), pseudo_label (Lee "
+                                  "2013), fixmatch (Sohn et al. 2020), uda (Xie et al. 2020), mpl (Meta Pseudo "
+                                  "Labels, Pham et al. 2021: teacher + student, UDA term, student finetune)")
+    mu: float = opt(7.0, "unlabelled images per labelled image in a step (FixMatch: 7)", gt=0)
+    threshold: float = opt(-1.0, "confidence a pseudo-label needs to count (mask); -1 = the method's own: 0.95 "
+                                 "(pseudo_label, fixmatch, mpl), 0.8 (uda)", ge=-1, le=1)
+    temperature: float = opt(-1.0, "sharpening of soft targets (uda, mpl's teacher); -1 = 0.4 (uda), 0.7 (mpl)",
+                             ge=-1)
+    lambda_u: float = opt(1.0, "weight of the unlabelled loss (mpl: of the teacher's UDA term; 8 in its paper)", ge=0)
+    unsup_warmup: float = opt(0.0, "ramp lambda_u up linearly over this fraction of train.iterations (pseudo-label, "
+                                   "UDA, MPL use one); 0 = constant", ge=0, le=1)
+    tsa: str = opt("none", "uda: training-signal annealing of the labelled loss: none, linear, log, exp")
+    ra_ops: int = opt(2, "strong augmentation: RandAugment ops per image", ge=0)
+    ra_magnitude: str = opt("random", "RandAugment magnitude bin 0-30, or random (a bin per image and op, as FixMatch)")
+    cutout: float = opt(0.5, "strong augmentation: Cutout hole side as a fraction of the image side; 0 = off",
+                        ge=0, le=1)
+    mpl_finetune: float = opt(0.1, "mpl: the last fraction of train.iterations finetunes the student on the labelled "
+                                   "images only", ge=0, lt=1)
+    mpl_teacher_lr_mult: float = opt(1.0, "mpl: teacher lr = optim.lr x this", gt=0)
+
+
+@dataclass
 class Config:
     name: str = opt("", "run name; runs go to <out_dir>/<name>[-N]; empty -> config file stem or 'default'")
     out_dir: str = opt("runs", "parent folder of run directories")
-    task: str = opt("classification", "task: classification, segmentation, vae, dcgan, ddpm")
+    task: str = opt("classification", "task: classification, segmentation, vae, dcgan, ddpm, ssl (semi-supervised)")
     seed: int = opt(0, "random seed for weights, data order and augmentation")
     resume: str = opt("", "RUN_DIR to continue, or 'true' for the newest run of this name")
     data: DataConfig = field(default_factory=DataConfig)
@@ -204,20 +239,26 @@ class Config:
     vae: VAEConfig = field(default_factory=VAEConfig)
     dcgan: DCGANConfig = field(default_factory=DCGANConfig)
     ddpm: DDPMConfig = field(default_factory=DDPMConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
 
     def __post_init__(self):
+        if self.train.iterations:                 # an "epoch" is then one evaluation period
+            if self.train.iterations % self.train.eval_every:
+                raise ConfigError(f"train.iterations={self.train.iterations} is not a multiple of train.eval_every="
+                                  f"{self.train.eval_every}: pick an evaluation period that divides the budget")
+            self.train.epochs = self.train.iterations // self.train.eval_every
         if self.model.name == "auto":             # the task's own default architecture
             self.model.name = DEFAULT_MODEL.get(self.task, DEFAULT_MODEL["classification"])
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
             "segmentation": SegmentationConfig, "fid": FidConfig, "vae": VAEConfig, "dcgan": DCGANConfig,
-            "ddpm": DDPMConfig}
+            "ddpm": DDPMConfig, "ssl": SSLConfig}
 # What `visionlab eval` may change besides run.EVAL_KEYS, per task: whole sections or single keys that say how a
 # run is evaluated or sampled (never its architecture).
 TASK_EVAL_KEYS = {"segmentation": ("segmentation",), "vae": ("fid",), "dcgan": ("fid",),
                   "ddpm": ("fid", "ddpm.sampler", "ddpm.sample_steps")}
-DEFAULT_MODEL = {"classification": "mnist_cnn", "segmentation": "lraspp_lite0", "vae": "vae", "dcgan": "dcgan",
+DEFAULT_MODEL = {"classification": "mnist_cnn", "ssl": "mnist_cnn", "segmentation": "lraspp_lite0", "vae": "vae", "dcgan": "dcgan",
                  "ddpm": "ddpm_unet"}
 
 

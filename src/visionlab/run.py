@@ -14,7 +14,7 @@ from . import config as C
 from .data import build_splits
 from .data.split import bootstrap
 from .data.base import DataInfo
-from .data.loaders import build_loader
+from .data.loaders import StreamLoader, build_loader
 from .engine import (FitContext, build_optimizer, build_scheduler, evaluate as run_eval, evaluated_model, fit,
                      load_checkpoint, resolve_precision, using_model)
 from .engine import distributed
@@ -82,8 +82,7 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
         task.model.to(device)
         if cfg.train.channels_last:
             task.model.to(memory_format=torch.channels_last)
-        train_loader = build_loader(splits.train, cfg.train.batch_size, True, cfg.seed, info.preprocess,
-                                    cfg.data.num_workers, dist.rank, dist.world)
+        train_loader = _train_loader(splits, task, cfg, info, dist)
         val_loader = _eval_loader(splits.val, cfg, info)
         optimizers = {k: build_optimizer(g, cfg.optim) for k, g in task.optimizer_groups(cfg.optim).items()}
         schedulers = {k: build_scheduler(o, cfg.optim, cfg.train.epochs, len(train_loader))
@@ -314,7 +313,7 @@ def _test_summary(task, state, splits, cfg: C.Config, run_dir: Path, device, pre
                "best_epoch": state.best_epoch, "epochs_run": state.epoch, f"best/{metric}": state.best,
                "device": str(device), "precision": precision, "data_source": splits.source,
                "train_size": len(splits.train), "val_size": len(splits.val) if splits.val else 0,
-               "test_size": len(splits.test)}
+               "test_size": len(splits.test), "unlabeled_size": len(splits.unlabeled) if splits.unlabeled else 0}
     t0 = time.perf_counter()
     metrics = _evaluate_split(task, run_dir, splits.test, cfg, info, device, precision, keep_errors=True)
     rates = [r["img_per_s"] for r in state.history]
@@ -370,6 +369,28 @@ def _build_ema(model, decay: float):
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
+def _train_loader(splits, task, cfg: C.Config, info: DataInfo, dist):
+    """Epochs over the train split, or (train.iterations, or a task with several streams) fixed-size batches from
+    each of the task's streams: "train" (the labelled images) and "unlabeled" (the few-label protocol's rest)."""
+    t = cfg.train
+    if "unlabeled" in task.streams and splits.unlabeled is None:
+        raise ConfigError(f"task={cfg.task} learns from unlabelled images: choose the labelled few with "
+                          "data.labels_per_class=N, data.labels_total=N or data.labeled_indices=RUN_DIR (the rest "
+                          "of the train split becomes the unlabelled stream)")
+    if list(task.streams) == ["train"] and not t.iterations:
+        return build_loader(splits.train, t.batch_size, True, cfg.seed, info.preprocess, cfg.data.num_workers,
+                            dist.rank, dist.world)
+    if not t.iterations:
+        raise ConfigError(f"task={cfg.task} counts training in steps: set train.iterations=N (and train.eval_every=M "
+                          "steps between evaluations)")
+    sets = {"train": splits.train, "unlabeled": splits.unlabeled}
+    try:
+        return StreamLoader([(sets[name], max(1, round(t.batch_size * ratio))) for name, ratio in task.streams.items()],
+                            t.eval_every, cfg.seed, dist.rank, dist.world)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _eval_loader(split, cfg: C.Config, info: DataInfo):
     if split is None:
         return None
@@ -413,8 +434,11 @@ def _write_errors(task, split, run_dir) -> None:
 
 def _write_data_reports(splits, run_dir: Path) -> None:
     from .data.check import write_data_report
+    from .data.fewlabel import INDEX_FILE, write_indices
     from .data.split import write_manifest
 
     write_data_report(splits, run_dir)
+    if splits.labeled_index is not None:
+        write_indices(run_dir / INDEX_FILE, splits.train, splits.labeled_index)
     if splits.manifest:
         write_manifest(splits.manifest, run_dir / "split_manifest.csv")

@@ -6,6 +6,7 @@ import numpy as np
 from ..registry import Registry
 from . import cifar, embedded, folder, idx, neu_det, segmentation
 from .base import ImageSet, Splits, channel_stats
+from .fewlabel import labeled_indices, per_class_indices
 from .split import limit_indices
 
 DATASETS = Registry("dataset")
@@ -24,7 +25,7 @@ DATASETS.register("mask_folder", segmentation.build_mask_folder)
 # sources whose images may differ in size: with data.image_size=0 they take the size to use from build_splits
 MIXED_SIZES = {"folder", "trashnet", "neu_det"}
 
-__all__ = ["DATASETS", "ImageSet", "Splits", "build_splits", "channel_stats"]
+__all__ = ["DATASETS", "ImageSet", "Splits", "build_splits", "channel_stats", "per_class_indices"]
 
 
 def build_splits(cfg, default_size: int | None = None) -> Splits:
@@ -36,7 +37,9 @@ def build_splits(cfg, default_size: int | None = None) -> Splits:
     The limit keeps a seeded (cfg.split_seed), stratified subsample of at most ``limit`` images per split.
     Array sources compute mean/std on the full train split; folder sources apply the same limit before
     decoding (only the kept files are read), so their mean/std come from the kept train images.
-    ``labels_per_class`` then keeps that many seeded train images per class (val and test untouched).
+    The few-label protocol (``labels_per_class``, ``labels_total`` or ``labeled_indices``) then keeps the chosen
+    train images as ``train`` and the rest as ``unlabeled`` (their labels hidden from training; val and test
+    untouched); ``labeled_index`` records the positions for ``labeled_indices.csv``.
     """
     build = DATASETS.get(cfg.name)
     splits = build(cfg, default_size) if cfg.name in MIXED_SIZES else build(cfg)
@@ -45,19 +48,14 @@ def build_splits(cfg, default_size: int | None = None) -> Splits:
             part = getattr(splits, name)
             if part is not None and len(part) > cfg.limit:
                 setattr(splits, name, part.subset(limit_indices(part.labels, cfg.limit, cfg.split_seed)))
-    if cfg.labels_per_class:
-        splits.train = splits.train.subset(per_class_indices(splits.train.labels, cfg.labels_per_class,
-                                                             cfg.split_seed))
-    if (cfg.limit or cfg.labels_per_class) and splits.manifest is not None:
+    labeled = labeled_indices(splits.train, cfg)
+    if labeled is not None:
+        rest = np.setdiff1d(np.arange(len(splits.train)), labeled)
+        splits.labeled_index = labeled
+        splits.unlabeled = splits.train.subset(rest) if len(rest) else None
+        splits.train = splits.train.subset(labeled)
+    if (cfg.limit or labeled is not None) and splits.manifest is not None:
         kept = {n for s in (splits.train, splits.val, splits.test) if s is not None for n in (s.names or [])}
         splits.manifest = [m for m in splits.manifest if m["file"] in kept]
     return splits
 
-
-def per_class_indices(labels, k: int, seed: int) -> np.ndarray:
-    """Sorted indices of ``k`` seeded picks per class (all of a class with fewer): the labelled few of a few-label
-    experiment, the same for every training seed."""
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    picks = [rng.permutation(np.flatnonzero(labels == c))[:k] for c in np.unique(labels)]
-    return np.sort(np.concatenate(picks)) if picks else np.zeros(0, dtype=np.int64)

@@ -72,6 +72,8 @@ class Splits:
     skipped: list[dict] = field(default_factory=list)   # [{"file": ..., "reason": ...}] unreadable inputs
     manifest: list[dict] | None = None       # [{"file", "label", "split"}] for folder datasets
     preprocess: dict = field(default_factory=dict)      # how a raw image becomes a sample (size, pad_square, grayscale)
+    unlabeled: ImageSet | None = None        # few-label protocol: the train images whose labels training never sees
+    labeled_index: np.ndarray | None = None  # few-label protocol: positions of ``train`` in the whole train split
 
     @property
     def num_classes(self) -> int:

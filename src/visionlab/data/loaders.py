@@ -107,3 +107,59 @@ def build_loader(split: ImageSet, batch_size: int, shuffle: bool, seed: int, pre
     if split.in_memory:
         return InMemoryLoader(split, batch_size, shuffle, seed, rank, world)
     return FileLoader(split, batch_size, shuffle, seed, preprocess, num_workers, rank, world)
+
+
+class StreamLoader:
+    """Training counted in iterations: every step takes a fixed-size batch from each stream (one or more in-memory
+    splits, e.g. the labelled and the unlabelled images of a few-label run) and yields their (images, labels) pairs
+    flattened into one tuple. Each stream is an endless sequence of reshuffled passes over its split (pass p is
+    permutation (seed, stream, p)); step i takes positions [i*B, (i+1)*B) of it, crossing pass boundaries, so a
+    batch is never short, a split smaller than its batch still works, and a resume at any step is exact.
+    ``steps`` steps make one period ("epoch" to the engine: evaluation and checkpoint)."""
+
+    def __init__(self, streams: list[tuple[ImageSet, int]], steps: int, seed: int, rank: int = 0, world: int = 1):
+        for split, _ in streams:
+            if not split.in_memory:
+                raise ValueError("train.iterations and unlabelled streams need data decoded in memory "
+                                 "(data.in_memory=true)")
+        self.loaders = [InMemoryLoader(split, 1, False) for split, _ in streams]
+        self.batch_sizes = [b for _, b in streams]
+        self.steps, self.seed, self.rank, self.world = steps, seed, rank, world
+        self.epoch, self.start_batch = 0, 0
+        self._perms: dict = {}
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def _permutation(self, stream: int, n: int, p: int) -> torch.Tensor:
+        key = (stream, p)
+        if key not in self._perms:
+            if len(self._perms) > 8:
+                self._perms.clear()
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + p) * 31 + stream)
+            self._perms[key] = torch.randperm(n, generator=g)
+        return self._perms[key]
+
+    def indices(self, stream: int, step: int) -> torch.Tensor:
+        """The global batch of ``stream`` at ``step`` (before this rank's slice)."""
+        n, b = len(self.loaders[stream].labels), self.batch_sizes[stream]
+        start, stop = step * b, (step + 1) * b
+        parts = [self._permutation(stream, n, p)[max(start - p * n, 0):min(stop - p * n, n)]
+                 for p in range(start // n, (stop - 1) // n + 1)]
+        return torch.cat(parts)
+
+    def __iter__(self):
+        start, self.start_batch = self.start_batch, 0
+        for i in range(start, self.steps):
+            step = self.epoch * self.steps + i
+            batch = []
+            for s, loader in enumerate(self.loaders):
+                idx = self.indices(s, step)
+                if self.world > 1:
+                    idx = torch.tensor_split(idx, self.world)[self.rank]
+                target = loader.labels if loader.masks is None else loader.masks
+                batch += [loader.images[idx], target[idx]]
+            yield tuple(batch)

@@ -194,6 +194,7 @@ def _run_epoch(task, train_loader, ctx: FitContext, state: FitState) -> None:
     for batch in bar:
         batch = _to(batch, ctx.device)
         n = len(batch[0])                       # images come first in every task's batch
+        task.global_step = state.step           # schedules inside a task (warm-ups, annealing) read it
         out = _train_step(task, ctx, batch)
         run["n"] += n
         _add_scalars(run, out, n)
@@ -231,8 +232,9 @@ def fit(task, train_loader, val_loader, ctx: FitContext, state: FitState | None 
         state.train_s += run["seconds"]
         state.history.append(row)
         value = row.get(metric)
-        improved = value is None or state.best is None or (value > state.best if mode == "max" else value < state.best)
-        if improved:       # no validation split: the newest epoch counts as best
+        improved = (not task.selects_best or value is None or state.best is None
+                    or (value > state.best if mode == "max" else value < state.best))
+        if improved:       # no validation split, or a task reporting its final model: the newest epoch counts
             state.best, state.best_epoch, state.bad_epochs = value, state.epoch + 1, 0
         else:
             state.bad_epochs += 1

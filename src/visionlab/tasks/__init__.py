@@ -1,5 +1,5 @@
-"""Task registry: one room per task family (classification, segmentation, generative models; detection and more
-later)."""
+"""Task registry: one room per task family (classification, segmentation, generative models, semi-supervised
+classification; detection and more later)."""
 from ..registry import Registry
 from .base import Prediction, Task
 from .classification import ClassificationParams, ClassificationTask, build_classification, default_image_size
@@ -7,6 +7,7 @@ from .generative.ddpm import DDPMTask, build_ddpm
 from .generative.gan import DCGANTask, build_dcgan
 from .generative.vae import VAETask, build_vae
 from .segmentation import SegmentationParams, SegmentationTask, build_segmentation
+from .semi_supervised import SemiSupervisedTask, build_ssl
 
 TASKS = Registry("task")
 TASKS.register("classification", build_classification)
@@ -14,8 +15,9 @@ TASKS.register("segmentation", build_segmentation)
 TASKS.register("vae", build_vae)
 TASKS.register("dcgan", build_dcgan)
 TASKS.register("ddpm", build_ddpm)
+TASKS.register("ssl", build_ssl)
 _CLASSES = {"classification": ClassificationTask, "segmentation": SegmentationTask,    # one row per registered task
-            "vae": VAETask, "dcgan": DCGANTask, "ddpm": DDPMTask}
+            "vae": VAETask, "dcgan": DCGANTask, "ddpm": DDPMTask, "ssl": SemiSupervisedTask}
 
 
 def declared_metric(task: str) -> tuple[str, str]:

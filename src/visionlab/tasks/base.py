@@ -45,10 +45,14 @@ class Task:
     generates: bool = False                     # True: ``generate`` samples new images (the app's Generate tab)
     conditional: bool = False                   # with ``generates``: ``generate(label=...)`` picks a class
     sampling_steps: int | None = None           # with ``generates``: the default ``steps`` (None: it takes none)
-    streams: tuple[str, ...] = ("train",)       # training streams ("unlabeled" too for semi-supervised learning)
+    # training streams -> batch size as a multiple of train.batch_size: "train" (labelled), and "unlabeled" for
+    # semi-supervised learning (the batch then carries images, labels, unlabelled images, their hidden labels)
+    streams: dict = {"train": 1}
+    selects_best: bool = True                   # False: the final (EMA) model is the one reported, not the best
     # True while the pipeline scores a run for the record (the test summary, `visionlab eval`); False for the
     # per-epoch validation, which a task may make cheaper (FID on fewer generated images)
     full_evaluation: bool = False
+    global_step: int = 0                        # set by the engine before each training_step: optimizer steps so far
 
     def __init__(self, model: nn.Module, info, input_size: tuple[int, int]):
         self.model = model                      # the module evaluated, checkpointed as "best" and exported

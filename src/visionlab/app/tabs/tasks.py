@@ -18,6 +18,7 @@ class TaskTab:
 
 TASK_TABS = {
     "classification": TaskTab(image.build_image_tab, image.frame_view, cards=True),
+    "ssl": TaskTab(image.build_image_tab, image.frame_view, cards=True),      # a classifier trained on few labels
     "segmentation": TaskTab(segmentation.build_tab, segmentation.frame_view, cards=False),
 }
 
