@@ -78,6 +78,10 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
             _write_data_reports(splits, run_dir)
         gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * dist.rank)   # augmentation; saved in checkpoints
         task = TASKS.get(cfg.task)(cfg, splits.info(), gen)
+        if dist.enabled and task.manual_optimization:
+            # the task steps its own optimizers on the unwrapped networks, which DDP would not synchronise
+            raise ConfigError(f"task={cfg.task} steps several optimizers itself (dcgan, ssl.method=mpl), which "
+                              "data parallelism does not support yet: train it in one process (without torchrun)")
         info = task.info                        # a pretrained backbone brings its own mean/std
         task.model.to(device)
         if cfg.train.channels_last:

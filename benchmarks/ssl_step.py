@@ -1,0 +1,97 @@
+"""Cost of one semi-supervised step against the same model's supervised step, in the same run: the task's own
+training_step + backward + optimizer step on real batches from the run's streams (labelled batch B, unlabelled mu*B),
+under the precision the pipeline would pick (bf16 autocast on a CPU with bf16, channels_last).
+
+FixMatch / UDA forward B + 2 mu B images (weak and strong view) and RandAugment the strong view; MPL runs a teacher
+and a student. Arms alternate over ``reps`` and the median counts. Ratios are against ``supervised`` of this run.
+
+    .venv/bin/python benchmarks/ssl_step.py [config=configs/cifar10_ssl_cpu.yaml] [methods=supervised,fixmatch,uda,mpl]
+                                            [steps=5] [reps=3] [threads=N] [KEY=VALUE ...]
+Last line: RESULT supervised_ms=<ms> <method>_ms=<ms> ... <method>_over_supervised=<x> ...
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from _common import ROOT
+
+import torch
+
+KNOWN = {"config", "methods", "steps", "reps", "threads"}
+
+
+def build(config: str, method: str, overrides: list[str]):
+    """(task, loader, ctx pieces) of a run of ``config`` with ``ssl.method=method``, on the CPU, nothing written."""
+    from visionlab import config as C
+    from visionlab.data import build_splits
+    from visionlab.engine import build_optimizer
+    from visionlab.engine.precision import resolve_precision
+    from visionlab.run import _train_loader
+    from visionlab.engine.distributed import Dist
+    from visionlab.tasks import TASKS
+
+    cfg = C.load_config(config, [f"ssl.method={method}", *overrides])
+    splits = build_splits(cfg.data)
+    task = TASKS.get("ssl")(cfg, splits.info(), torch.Generator().manual_seed(0))
+    task.model.to(memory_format=torch.channels_last)
+    task.optimizers = {k: build_optimizer(g, cfg.optim) for k, g in task.optimizer_groups(cfg.optim).items()}
+    loader = _train_loader(splits, task, cfg, task.info, Dist())
+    return task, loader, resolve_precision(cfg.train.precision, torch.device("cpu")), cfg
+
+
+def step(task, batch, precision: str) -> None:
+    from visionlab.engine.precision import autocast
+
+    with autocast(torch.device("cpu"), precision):
+        out = task.training_step(batch)
+    if not task.manual_optimization:
+        opt = task.optimizers["main"]
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+
+
+def main(argv: list[str]) -> None:
+    from visionlab.deploy.latency import cpu_model
+
+    kv = dict(a.split("=", 1) for a in argv)
+    if "threads" in kv:
+        torch.set_num_threads(int(kv["threads"]))
+    config = kv.get("config", str(ROOT / "configs" / "cifar10_ssl_cpu.yaml"))
+    methods = kv.get("methods", "supervised,fixmatch,uda,mpl").split(",")
+    if "supervised" not in methods:
+        methods = ["supervised", *methods]
+    steps, reps = int(kv.get("steps", 5)), int(kv.get("reps", 3))
+    overrides = [f"{k}={v}" for k, v in kv.items() if k not in KNOWN]
+    arms = {m: build(config, m, overrides) for m in methods}
+    cfg = arms["supervised"][3]
+    print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}")
+    print(f"config {config} {' '.join(overrides)}: model {cfg.model.name}, batch {cfg.train.batch_size} labelled + "
+          f"mu {cfg.ssl.mu:g} x unlabelled, precision {arms['supervised'][2]}; {steps} steps per arm, median of {reps}")
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    iters = {m: iter(loader) for m, (_, loader, _, _) in arms.items()}
+    for m, (task, _, precision, _) in arms.items():          # warm-up
+        task.model.train()
+        step(task, next(iters[m]), precision)
+    for _ in range(reps):
+        for m, (task, _, precision, _) in arms.items():
+            batches = [next(iters[m]) for _ in range(steps)]
+            t0 = time.perf_counter()
+            for b in batches:
+                step(task, b, precision)
+            times[m].append((time.perf_counter() - t0) / steps)
+    ms = {m: 1000 * sorted(v)[len(v) // 2] for m, v in times.items()}
+    base = ms["supervised"]
+    print(f"{'method':<14} {'ms/step':>9} {'x supervised':>13} {'images forwarded':>17}")
+    for m in methods:
+        b, mu = cfg.train.batch_size, cfg.ssl.mu
+        seen = {"supervised": b, "pseudo_label": b + mu * b, "fixmatch": b + 2 * mu * b, "uda": b + 2 * mu * b,
+                "mpl": 3 * b + 3 * mu * b}[m]
+        print(f"{m:<14} {ms[m]:>9.1f} {ms[m] / base:>13.2f} {int(seen):>17}")
+    print("RESULT " + " ".join(f"{m}_ms={v:.1f}" for m, v in ms.items()) + " "
+          + " ".join(f"{m}_over_supervised={v / base:.2f}" for m, v in ms.items() if m != "supervised"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
