@@ -27,8 +27,8 @@ def opt(default, help: str, *, ge=None, gt=None, le=None, lt=None):
 @dataclass
 class DataConfig:
     name: str = opt("mnist5k", "dataset: mnist5k (embedded, default), digits, mnist, fashion_mnist, cifar10, cifar100, "
-                               "trashnet, neu_det (box crops), folder; segmentation: camvid, coco128_seg, "
-                               "mask_folder")
+                               "trashnet, neu_det (box crops), folder; domains: pacs, domain_folder; segmentation: "
+                               "camvid, coco128_seg, mask_folder")
     root: str = opt("", "data folder; empty -> $VISIONLAB_DATA/<dataset folder>, else ./data/<dataset folder>")
     download: bool = opt(False, "fetch a missing dataset from the internet (only where a network exists)")
     val_fraction: float = opt(0.1, "fraction of train held out for validation when the source has no val split",
@@ -50,6 +50,12 @@ class DataConfig:
     cache_dir: str = opt("", "where decoded-dataset caches go; empty -> ~/.cache/visionlab")
     num_workers: int = opt(2, "DataLoader workers for datasets that do not fit in memory", ge=0)
     limit: int = opt(0, "use at most this many images per split (quick experiments); 0 = all", ge=0)
+    target_domains: list = opt([], "domain datasets (pacs, domain_folder): the held-out domain(s), the test split, "
+                                   "never trained on or used to choose")
+    source_domains: list = opt([], "domain datasets: the training domains ([] = all but the targets), each split into "
+                                   "train and a data.val_fraction validation hold-out")
+    domain_balanced: bool = opt(False, "domain datasets: every training batch holds the same number of images from "
+                                       "each source domain")
     labels_per_class: int = opt(0, "few-label protocol: keep the labels of this many (seeded by data.split_seed) "
                                    "training images per class, the rest become the unlabelled stream (task=ssl); "
                                    "val and test stay whole; 0 = all labelled", ge=0)
@@ -224,10 +230,28 @@ class SSLConfig:
 
 
 @dataclass
+class DGConfig:
+    """task=dg: domain generalization on a domain dataset (data.name=pacs or domain_folder, data.target_domains held
+    out); per-domain metrics on every split; `visionlab dg` runs every leave-one-domain-out split over seeds."""
+    method: str = opt("erm", "erm (plain training on the pooled source domains), mixstyle (Zhou et al. 2021), "
+                             "domain_head (the seed's joint class + domain heads, weighted domain loss), dann (the same "
+                             "head through gradient reversal: domain-adversarial features)")
+    mixstyle_p: float = opt(0.5, "mixstyle: probability that a batch is mixed at each chosen layer", ge=0, le=1)
+    mixstyle_alpha: float = opt(0.1, "mixstyle: Beta(alpha, alpha) mixing weights", gt=0)
+    mixstyle_mix: str = opt("random", "mixstyle partners: random (any image of the batch) or crossdomain (an image of "
+                                      "another source domain)")
+    mixstyle_layers: list = opt([], "mixstyle: module names to mix after; [] = the first two stages (ResNet layer1, "
+                                    "layer2; EfficientNet blocks.1, blocks.2)")
+    domain_weight: float = opt(0.1, "domain_head / dann: weight of the domain cross-entropy", ge=0)
+    reverse_scale: float = opt(1.0, "dann: gradient reversal scale", ge=0)
+
+
+@dataclass
 class Config:
     name: str = opt("", "run name; runs go to <out_dir>/<name>[-N]; empty -> config file stem or 'default'")
     out_dir: str = opt("runs", "parent folder of run directories")
-    task: str = opt("classification", "task: classification, segmentation, vae, dcgan, ddpm, ssl (semi-supervised)")
+    task: str = opt("classification", "task: classification, segmentation, vae, dcgan, ddpm, ssl (semi-supervised), "
+                                         "dg (domain generalization)")
     seed: int = opt(0, "random seed for weights, data order and augmentation")
     resume: str = opt("", "RUN_DIR to continue, or 'true' for the newest run of this name")
     data: DataConfig = field(default_factory=DataConfig)
@@ -240,6 +264,7 @@ class Config:
     dcgan: DCGANConfig = field(default_factory=DCGANConfig)
     ddpm: DDPMConfig = field(default_factory=DDPMConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
+    dg: DGConfig = field(default_factory=DGConfig)
 
     def __post_init__(self):
         if self.train.iterations:                 # an "epoch" is then one evaluation period
@@ -253,12 +278,12 @@ class Config:
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
             "segmentation": SegmentationConfig, "fid": FidConfig, "vae": VAEConfig, "dcgan": DCGANConfig,
-            "ddpm": DDPMConfig, "ssl": SSLConfig}
+            "ddpm": DDPMConfig, "ssl": SSLConfig, "dg": DGConfig}
 # What `visionlab eval` may change besides run.EVAL_KEYS, per task: whole sections or single keys that say how a
 # run is evaluated or sampled (never its architecture).
 TASK_EVAL_KEYS = {"segmentation": ("segmentation",), "vae": ("fid",), "dcgan": ("fid",),
                   "ddpm": ("fid", "ddpm.sampler", "ddpm.sample_steps")}
-DEFAULT_MODEL = {"classification": "mnist_cnn", "ssl": "mnist_cnn", "segmentation": "lraspp_lite0", "vae": "vae", "dcgan": "dcgan",
+DEFAULT_MODEL = {"classification": "mnist_cnn", "ssl": "mnist_cnn", "dg": "tf_efficientnet_lite0", "segmentation": "lraspp_lite0", "vae": "vae", "dcgan": "dcgan",
                  "ddpm": "ddpm_unet"}
 
 

@@ -14,7 +14,7 @@ from . import config as C
 from .data import build_splits
 from .data.split import bootstrap
 from .data.base import DataInfo
-from .data.loaders import StreamLoader, build_loader
+from .data.loaders import DomainBalancedLoader, StreamLoader, build_loader
 from .engine import (FitContext, build_optimizer, build_scheduler, evaluate as run_eval, evaluated_model, fit,
                      load_checkpoint, resolve_precision, using_model)
 from .engine import distributed
@@ -87,7 +87,7 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
         if cfg.train.channels_last:
             task.model.to(memory_format=torch.channels_last)
         train_loader = _train_loader(splits, task, cfg, info, dist)
-        val_loader = _eval_loader(splits.val, cfg, info)
+        val_loader = _eval_loader(splits.val, cfg, info, task.uses_domains)
         optimizers = {k: build_optimizer(g, cfg.optim) for k, g in task.optimizer_groups(cfg.optim).items()}
         schedulers = {k: build_scheduler(o, cfg.optim, cfg.train.epochs, len(train_loader))
                       for k, o in optimizers.items()}
@@ -381,9 +381,14 @@ def _train_loader(splits, task, cfg: C.Config, info: DataInfo, dist):
         raise ConfigError(f"task={cfg.task} learns from unlabelled images: choose the labelled few with "
                           "data.labels_per_class=N, data.labels_total=N or data.labeled_indices=RUN_DIR (the rest "
                           "of the train split becomes the unlabelled stream)")
+    if cfg.data.domain_balanced:
+        if not task.uses_domains or t.iterations or list(task.streams) != ["train"]:
+            raise ConfigError(f"data.domain_balanced=true needs a task that reads domains (task=dg), counted in "
+                              f"epochs; task={cfg.task} " + ("with train.iterations" if t.iterations else "does not"))
+        return DomainBalancedLoader(splits.train, t.batch_size, cfg.seed, dist.rank, dist.world)
     if list(task.streams) == ["train"] and not t.iterations:
         return build_loader(splits.train, t.batch_size, True, cfg.seed, info.preprocess, cfg.data.num_workers,
-                            dist.rank, dist.world)
+                            dist.rank, dist.world, task.uses_domains)
     if not t.iterations:
         raise ConfigError(f"task={cfg.task} counts training in steps: set train.iterations=N (and train.eval_every=M "
                           "steps between evaluations)")
@@ -395,10 +400,11 @@ def _train_loader(splits, task, cfg: C.Config, info: DataInfo, dist):
         raise ConfigError(str(e)) from None
 
 
-def _eval_loader(split, cfg: C.Config, info: DataInfo):
+def _eval_loader(split, cfg: C.Config, info: DataInfo, with_domains: bool = False):
     if split is None:
         return None
-    return build_loader(split, cfg.train.eval_batch_size, False, cfg.seed, info.preprocess, cfg.data.num_workers)
+    return build_loader(split, cfg.train.eval_batch_size, False, cfg.seed, info.preprocess, cfg.data.num_workers,
+                        with_domains=with_domains)
 
 
 def _evaluate_split(task, run_dir, split, cfg, info, device, precision, keep_errors: bool) -> dict:
@@ -407,7 +413,8 @@ def _evaluate_split(task, run_dir, split, cfg, info, device, precision, keep_err
         task.model.load_state_dict(best["weights"])
     task.full_evaluation = True             # the figures for the record (e.g. FID on fid.samples images)
     try:
-        metrics = run_eval(task, _eval_loader(split, cfg, info), device, precision, collect_examples=keep_errors)
+        metrics = run_eval(task, _eval_loader(split, cfg, info, task.uses_domains), device, precision,
+                           collect_examples=keep_errors)
     finally:
         task.full_evaluation = False
     if keep_errors:

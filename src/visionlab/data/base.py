@@ -15,6 +15,7 @@ class ImageSet:
     paths: list[str] | None = None           # one file per sample, when not in memory
     names: list[str] | None = None           # a readable id per sample (file name or "train[123]") for galleries
     masks: np.ndarray | None = None          # uint8 [N, H, W] class ids, 255 = ignore (segmentation sources)
+    domains: np.ndarray | None = None        # int64 [N] domain index (domain-folder sources, Splits.domains names)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -31,7 +32,18 @@ class ImageSet:
             paths=None if self.paths is None else [self.paths[i] for i in idx],
             names=None if self.names is None else [self.names[i] for i in idx],
             masks=None if self.masks is None else self.masks[idx],
+            domains=None if self.domains is None else self.domains[idx],
         )
+
+    @staticmethod
+    def concat(parts: list["ImageSet"]) -> "ImageSet":
+        """One set of several in-memory sets, in order (names and domains kept)."""
+        def cat(field):
+            values = [getattr(p, field) for p in parts]
+            return None if any(v is None for v in values) else np.concatenate(values)
+        names = None if any(p.names is None for p in parts) else [n for p in parts for n in p.names]
+        return ImageSet(labels=cat("labels"), images=cat("images"), names=names, masks=cat("masks"),
+                        domains=cat("domains"))
 
 
 @dataclass
@@ -45,6 +57,7 @@ class DataInfo:
     std: tuple[float, ...]
     preprocess: dict = field(default_factory=dict)
     target: str = "label"                    # what the samples carry: label (an int) or mask (per-pixel classes)
+    domains: list[str] = field(default_factory=list)    # domain names by index (domain-folder sources)
 
     @property
     def num_classes(self) -> int:
@@ -53,7 +66,7 @@ class DataInfo:
     @classmethod
     def from_dict(cls, d: dict) -> "DataInfo":
         return cls(list(d["classes"]), int(d["channels"]), tuple(d["image_size"]), tuple(d["mean"]), tuple(d["std"]),
-                   dict(d.get("preprocess", {})), str(d.get("target", "label")))
+                   dict(d.get("preprocess", {})), str(d.get("target", "label")), list(d.get("domains") or []))
 
 
 @dataclass
@@ -72,6 +85,7 @@ class Splits:
     skipped: list[dict] = field(default_factory=list)   # [{"file": ..., "reason": ...}] unreadable inputs
     manifest: list[dict] | None = None       # [{"file", "label", "split"}] for folder datasets
     preprocess: dict = field(default_factory=dict)      # how a raw image becomes a sample (size, pad_square, grayscale)
+    domains: list[str] = field(default_factory=list)    # domain names (domain-folder sources), by index
     unlabeled: ImageSet | None = None        # few-label protocol: the train images whose labels training never sees
     labeled_index: np.ndarray | None = None  # few-label protocol: positions of ``train`` in the whole train split
 
@@ -81,7 +95,8 @@ class Splits:
 
     def info(self) -> DataInfo:
         return DataInfo(list(self.classes), self.channels, tuple(self.image_size), tuple(self.mean), tuple(self.std),
-                        dict(self.preprocess), "mask" if self.train.masks is not None else "label")
+                        dict(self.preprocess), "mask" if self.train.masks is not None else "label",
+                        list(self.domains))
 
 
 def channel_stats(images: np.ndarray, max_images: int = 10000) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -45,16 +45,25 @@ class InMemoryLoader(_Batches):
     """Slices a uint8 tensor held in memory; no per-sample Python, no worker processes."""
 
     def __init__(self, split: ImageSet, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0,
-                 world: int = 1):
+                 world: int = 1, with_domains: bool = False):
         super().__init__(len(split), batch_size, shuffle, seed, rank, world)
         # a private writable copy: cached arrays may be read-only memory maps, which torch warns about
         self.images = torch.from_numpy(np.array(split.images, copy=True, order="C"))
         self.labels = torch.from_numpy(split.labels.astype(np.int64))
         self.masks = None if split.masks is None else torch.from_numpy(np.array(split.masks, copy=True, order="C"))
+        self.domains = _domains(split) if with_domains else None
 
     def __iter__(self):
         for idx in super().__iter__():
-            yield self.images[idx], (self.labels[idx] if self.masks is None else self.masks[idx])
+            target = self.labels[idx] if self.masks is None else self.masks[idx]
+            yield (self.images[idx], target) if self.domains is None else (self.images[idx], target, self.domains[idx])
+
+
+def _domains(split: ImageSet) -> torch.Tensor:
+    if split.domains is None:
+        raise ValueError("this task reads each image's domain: use a domain dataset (data.name=pacs or "
+                         "domain_folder, <root>/<domain>/<class>/*.jpg)")
+    return torch.from_numpy(split.domains.astype(np.int64))
 
 
 class _FileDataset(torch.utils.data.Dataset):
@@ -102,10 +111,11 @@ class FileLoader:
 
 
 def build_loader(split: ImageSet, batch_size: int, shuffle: bool, seed: int, preprocess: dict,
-                 num_workers: int = 2, rank: int = 0, world: int = 1):
-    """The in-memory loader when the split is decoded, else the worker-based file loader."""
+                 num_workers: int = 2, rank: int = 0, world: int = 1, with_domains: bool = False):
+    """The in-memory loader when the split is decoded, else the worker-based file loader. ``with_domains``: batches
+    carry each image's domain index as a third field (domain datasets are decoded in memory)."""
     if split.in_memory:
-        return InMemoryLoader(split, batch_size, shuffle, seed, rank, world)
+        return InMemoryLoader(split, batch_size, shuffle, seed, rank, world, with_domains)
     return FileLoader(split, batch_size, shuffle, seed, preprocess, num_workers, rank, world)
 
 
@@ -163,3 +173,28 @@ class StreamLoader:
                 target = loader.labels if loader.masks is None else loader.masks
                 batch += [loader.images[idx], target[idx]]
             yield tuple(batch)
+
+
+class DomainBalancedLoader:
+    """Epochs of len(split) // batch_size batches, each holding batch_size // D images of every one of the split's D
+    domains (images, labels, domains), from one endless reshuffled stream per domain (``StreamLoader``), so small
+    domains repeat within an epoch and large ones are sampled; positions are exact for a resume."""
+
+    def __init__(self, split: ImageSet, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        domains = _domains(split).numpy()
+        self.ids = np.unique(domains)
+        per = max(1, batch_size // len(self.ids))
+        self.stream = StreamLoader([(split.subset(np.flatnonzero(domains == d)), per) for d in self.ids],
+                                   max(1, len(split) // (per * len(self.ids))), seed, rank, world)
+
+    def set_position(self, epoch: int, start_batch: int = 0) -> None:
+        self.stream.set_position(epoch, start_batch)
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def __iter__(self):
+        for parts in self.stream:
+            images, labels = parts[0::2], parts[1::2]
+            domains = [torch.full((len(y),), int(d), dtype=torch.int64) for y, d in zip(labels, self.ids)]
+            yield torch.cat(images), torch.cat(labels), torch.cat(domains)

@@ -1,8 +1,9 @@
 """Task registry: one room per task family (classification, segmentation, generative models, semi-supervised
-classification; detection and more later)."""
+classification, domain generalization; detection later)."""
 from ..registry import Registry
 from .base import Prediction, Task
 from .classification import ClassificationParams, ClassificationTask, build_classification, default_image_size
+from .domain import DomainGeneralizationTask, build_dg
 from .generative.ddpm import DDPMTask, build_ddpm
 from .generative.gan import DCGANTask, build_dcgan
 from .generative.vae import VAETask, build_vae
@@ -16,8 +17,10 @@ TASKS.register("vae", build_vae)
 TASKS.register("dcgan", build_dcgan)
 TASKS.register("ddpm", build_ddpm)
 TASKS.register("ssl", build_ssl)
+TASKS.register("dg", build_dg)
 _CLASSES = {"classification": ClassificationTask, "segmentation": SegmentationTask,    # one row per registered task
-            "vae": VAETask, "dcgan": DCGANTask, "ddpm": DDPMTask, "ssl": SemiSupervisedTask}
+            "vae": VAETask, "dcgan": DCGANTask, "ddpm": DDPMTask, "ssl": SemiSupervisedTask,
+            "dg": DomainGeneralizationTask}
 
 
 def declared_metric(task: str) -> tuple[str, str]:

@@ -11,7 +11,8 @@ the rest of the package asks only what is declared here (no ``getattr`` for anyt
   two optimizer groups ("generator", "discriminator") and steps them itself in ``training_step`` through
   ``self.optimizers``; ``predict`` samples images (``Prediction.kind == "images"``).
 - semi-supervised: ``streams`` adds "unlabeled" (the task reads it from the batch the loader zips); EMA evaluation.
-- domain generalization: target "label", and the sample's domain travels in the batch as an extra field.
+- domain generalization: target "label"; ``uses_domains`` makes the sample's domain travel in the batch as a third
+  field (training: mixing or a domain head; evaluation: per-domain metrics).
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ class Task:
     # semi-supervised learning (the batch then carries images, labels, unlabelled images, their hidden labels)
     streams: dict = {"train": 1}
     selects_best: bool = True                   # False: the final (EMA) model is the one reported, not the best
+    uses_domains: bool = False                  # True: batches are (images, labels, domain index) (domain datasets)
     # True while the pipeline scores a run for the record (the test summary, `visionlab eval`); False for the
     # per-epoch validation, which a task may make cheaper (FID on fewer generated images)
     full_evaluation: bool = False

@@ -69,7 +69,8 @@ def build_segmenter(run, backend: str = "eager") -> FrameSegmenter:
 
 
 # The one task -> frame model table: what a run's task draws on each frame of a stream.
-FRAME_MODELS = {"classification": build_classifier, "ssl": build_classifier, "segmentation": build_segmenter}
+FRAME_MODELS = {"classification": build_classifier, "ssl": build_classifier, "dg": build_classifier,
+                "segmentation": build_segmenter}
 
 
 def build_frame_model(run_dir, backend: str = "eager"):

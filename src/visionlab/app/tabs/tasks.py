@@ -19,6 +19,7 @@ class TaskTab:
 TASK_TABS = {
     "classification": TaskTab(image.build_image_tab, image.frame_view, cards=True),
     "ssl": TaskTab(image.build_image_tab, image.frame_view, cards=True),      # a classifier trained on few labels
+    "dg": TaskTab(image.build_image_tab, image.frame_view, cards=True),       # a classifier for unseen domains
     "segmentation": TaskTab(segmentation.build_tab, segmentation.frame_view, cards=False),
 }
 
