@@ -25,6 +25,9 @@ RECIPES = {     # task -> (overrides, a real image to predict, the primary metri
                "fid.kid_subset_size=100", "ddpm.sample_steps=5", "ddpm.width=16"], None, "val/fid",
               "_recon.png" if task == "vae" else None)
        for task in ("vae", "dcgan", "ddpm")},
+    # the domain head behind gradient reversal: a second head in the checkpoint, the classifier exported and served
+    "dg": (["task=dg", "dg.method=dann", "data.name=pacs", "data.target_domains=[sketch]", "data.val_fraction=0.2",
+            "data.limit=24", "model.pretrained=true", "train.batch_size=16"], None, "val/acc", ":"),
     # the two-network method: teacher and student in one checkpoint, the student evaluated, exported and served
     "ssl": (["task=ssl", "ssl.method=mpl", "data.limit=300", "data.labels_per_class=10", "train.iterations=20",
              "train.eval_every=10", "train.batch_size=16", "ssl.mu=2", "train.ema_decay=0.9"], None, "val/acc", ":"),
@@ -82,7 +85,7 @@ def test_report_eval_predict_export(task_run, tmp_path):
     md = (run_dir / "report.md").read_text()
     assert f"best {primary}" in md and "## Results" in md
     assert {"classification": "## Per-class metrics", "segmentation": "## Per-class IoU",
-            "ssl": "## Semi-supervised training"}.get(task, "## Samples") in md
+            "ssl": "## Semi-supervised training", "dg": "## Per-domain results"}.get(task, "## Samples") in md
 
     ev = run_cli("eval", str(run_dir), "split=val")
     assert ev.returncode == 0, ev.stderr
@@ -116,7 +119,7 @@ def test_report_eval_predict_export(task_run, tmp_path):
             assert json.loads((run_dir / "eval_test-steps2.json").read_text())["overrides"] == ["ddpm.sample_steps=2"]
             assert "## FID against sampling steps" in (run_dir / "report.md").read_text()
         return
-    assert parity["metric"] == {"classification": "top1", "ssl": "top1", "segmentation": "miou"}[task]
+    assert parity["metric"] == {"classification": "top1", "ssl": "top1", "dg": "top1", "segmentation": "miou"}[task]
     assert abs(parity["diff_points"]) <= 0.1 and parity["agree"] > 0.99
 
 
