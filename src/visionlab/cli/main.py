@@ -38,6 +38,8 @@ modes:
   data balance SRC OUT [max_per_class=N] [mode=cap|oversample] [seed=0]          cap or oversample classes
   seeds CONFIG.yaml [n=5] [key=value ...]          the run over n seeds: mean, std, 95 % CI (skips finished seeds)
   compare COMPARE.yaml [n=5] [metric=test/<primary>] baseline vs variants over matched seeds: differences, CIs, p-values
+  dg DG.yaml [n=3] [render=true] [key=value ...]   domain generalization: every held-out domain x variant x seed,
+                                         held-out top-1 per domain and averaged, paired differences to the baseline
   ensemble RUN_DIR|SEEDS_DIR ... [vote=soft|hard|both] [tta=none|flip] [split=test] [out=DIR]
                                          soft/hard voting of finished runs vs their members' mean +- std
   sweep CONFIG.yaml SPACE.yaml [trials=N] [timeout=S] [storage=URL] [worker=true] [confirm=K n=5] [key=value ...]
@@ -221,6 +223,7 @@ def _lazy(module: str, name: str):
 MODES = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "report": cmd_report, "cfg": cmd_cfg,
          "data": cmd_data, "fid": _lazy("fid", "cmd_fid"),
          "seeds": _lazy("experiments", "cmd_seeds"), "compare": _lazy("experiments", "cmd_compare"),
+         "dg": _lazy("dg", "cmd_dg"),
          "ensemble": _lazy("experiments", "cmd_ensemble"), "sweep": _lazy("sweep", "cmd_sweep"),
          "explain": _lazy("explain", "cmd_explain"), "similar": _lazy("similar", "cmd_similar"),
          "app": _lazy("app", "cmd_app"), "export": _lazy("deploy", "cmd_export"),

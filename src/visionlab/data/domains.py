@@ -96,3 +96,20 @@ def build_domain_folder(cfg, default_size: int | None = None):
     if not cfg.root:
         raise UserError("data.name=domain_folder needs data.root=PATH: a folder of ROOT/<domain>/<class>/*.jpg")
     return domain_splits(cfg, "domain_folder", Path(cfg.root).expanduser(), default_size)
+
+
+def domain_names(cfg_data) -> list[str]:
+    """The sorted domain folder names of a domain dataset (data.name=pacs, or domain_folder at data.root), read
+    without decoding an image: what data.target_domains may name, and what `visionlab dg` leaves out in turn."""
+    if cfg_data.name == "pacs":
+        name, root = "pacs", data_root(cfg_data, "pacs")
+    elif cfg_data.name == "domain_folder":
+        if not cfg_data.root:
+            raise UserError("data.name=domain_folder needs data.root=PATH: a folder of ROOT/<domain>/<class>/*.jpg")
+        name, root = "domain_folder", Path(cfg_data.root).expanduser()
+    else:
+        raise ConfigError(f"data.name={cfg_data.name} has no domains: use a domain dataset (data.name=pacs, or "
+                          "domain_folder with data.root=<root>/<domain>/<class>/*.jpg)")
+    if not root.is_dir():
+        raise missing_data_error(name, root, ["<domain>/<class>/*.jpg"], name, downloadable=False)
+    return _listings(root)[0]

@@ -62,6 +62,14 @@ def load_spec(path: str | Path, overrides: list[str] | None = None, n: int | Non
     if not isinstance(d, dict) or set(d) - SPEC_KEYS:
         extra = sorted(set(d) - SPEC_KEYS) if isinstance(d, dict) else "?"
         raise ConfigError(f"{path}: unknown keys {extra}; a compare file has {sorted(SPEC_KEYS)}")
+    return spec_from_dict(d, path, overrides, n, metric)
+
+
+def spec_from_dict(d: dict, path: Path, overrides: list[str] | None = None, n: int | None = None,
+                   metric: str | None = None) -> CompareSpec:
+    """load_spec's checks and resolution of an already-read compare dict (its keys checked by the caller);
+    ``path`` is the file it came from: messages name it and a relative ``config`` is looked up next to it."""
+    path = Path(path)
     variants = d.get("variants")
     if not isinstance(variants, dict) or not variants:
         raise ConfigError(f"{path}: 'variants' must map names to override lists, e.g. {{adam: [optim.name=adam]}}")
