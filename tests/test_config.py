@@ -88,7 +88,7 @@ def test_every_shipped_config_resolves_and_names_a_known_model():
     a typo fails here, not an hour into a comparison."""
     from pathlib import Path
 
-    from visionlab.experiments import compare
+    from visionlab.experiments import compare, dg
     from visionlab.models import MODELS
     from visionlab.models.timm_zoo import is_timm_name
 
@@ -97,6 +97,8 @@ def test_every_shipped_config_resolves_and_names_a_known_model():
     for path in sorted(root.glob("*.yaml")):
         if path.name.startswith("compare_"):
             cfgs += list(compare.load_spec(path).configs.values())
+        elif path.name.startswith("dg_"):              # a compare file per held-out domain
+            cfgs += [c for by_variant in dg.load_dg_spec(path).configs.values() for c in by_variant.values()]
         elif not path.name.startswith(("sweep_", "spec_")) and not path.name.endswith("_guide.yaml"):
             cfgs.append(C.load_config(path))
     assert len(cfgs) > 30

@@ -45,7 +45,7 @@ def build_splits(cfg, default_size: int | None = None) -> Splits:
     """
     build = DATASETS.get(cfg.name)
     splits = build(cfg, default_size) if cfg.name in MIXED_SIZES else build(cfg)
-    if cfg.limit and cfg.limit > 0:
+    if cfg.limit and cfg.limit > 0 and not splits.domains:       # domain sources cut each domain themselves
         for name in ("train", "val", "test"):
             part = getattr(splits, name)
             if part is not None and len(part) > cfg.limit:

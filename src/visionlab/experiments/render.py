@@ -1,4 +1,4 @@
-"""Re-render the report of any results folder: one run, seeds, a comparison, an ensemble or a sweep."""
+"""Re-render the report of any results folder: one run, seeds, a comparison, a DG study, an ensemble or a sweep."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,7 @@ from pathlib import Path
 from visionlab.utils import UserError
 from visionlab.views.report import write_report
 from visionlab.experiments.compare import render_compare
+from visionlab.experiments.dg import render_dg
 from visionlab.experiments.ensemble import render_ensemble
 from visionlab.experiments.seeds import render_seeds
 from visionlab.experiments.sweep_report import render_sweep
@@ -16,6 +17,8 @@ def render_any(path: str | os.PathLike) -> Path:
     """Regenerate the report of any results folder: a comparison (compare.json), a seeds folder (seeds.json), a sweep
     (sweep.csv) or a single run (summary.json / config.yaml); returns the HTML path."""
     path = Path(path)
+    if (path / "dg.json").is_file():
+        return render_dg(path)
     if (path / "compare.json").is_file():
         return render_compare(path)
     if (path / "seeds.json").is_file():
