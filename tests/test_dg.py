@@ -145,6 +145,9 @@ def test_dg_run_per_domain_metrics_and_class_map_match_sklearn(tmp_path, data_en
     assert s["test/class_map"] == pytest.approx(ref, abs=0.02)          # bf16 evaluation vs fp32 here
     header = (full / "metrics.csv").read_text().splitlines()[0]
     assert "val/acc@photo" in header and "val/acc@cartoon" not in header
+    manifest = (full / "split_manifest.csv").read_text().splitlines()
+    assert manifest[0] == "file,label,split,domain" and all(r.split(",")[3] == "cartoon" for r in manifest[1:]
+                                                           if r.split(",")[2] == "test")
 
 
 @pytest.mark.slow

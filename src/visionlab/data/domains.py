@@ -80,8 +80,9 @@ def domain_splits(cfg, name: str, root: Path, default_size: int | None = None):
     splits = make_splits(sets["train"], sets["val"], sets["test"], classes, preprocess=pre, skipped=skipped,
                          source=f"{name}: domain folders in {root.resolve()}; trained on {', '.join(sources)}, "
                                 f"held out {', '.join(targets)}",
-                         manifest=[{"file": n, "label": classes[y], "split": k}
-                                   for k, s in sets.items() if s is not None for n, y in zip(s.names, s.labels)])
+                         manifest=[{"file": n, "label": classes[y], "split": k, "domain": domains[d]}
+                                   for k, s in sets.items() if s is not None
+                                   for n, y, d in zip(s.names, s.labels, s.domains)])
     splits.domains = domains
     return splits
 

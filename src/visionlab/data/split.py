@@ -154,9 +154,10 @@ def limit_indices(labels, limit: int, seed: int) -> np.ndarray:
 
 
 def write_manifest(manifest: list[dict], path_csv) -> None:
-    """Write a split manifest as CSV with columns file,label,split (atomically)."""
+    """Write a split manifest as CSV with columns file,label,split (+ domain for domain datasets), atomically."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["file", "label", "split"], extrasaction="ignore", lineterminator="\n")
+    extra = ["domain"] if manifest and "domain" in manifest[0] else []
+    w = csv.DictWriter(buf, fieldnames=["file", "label", "split", *extra], extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(manifest)
     atomic_write_text(path_csv, buf.getvalue())
