@@ -273,3 +273,18 @@ def test_evaluate_computes_metrics_with_the_evaluated_model_and_precision():
     out = evaluate(task, [(torch.zeros(1, 1),)], torch.device("cpu"), "bf16", model=ema)
     assert out["model"] is ema and out["steps"] == [ema] and out["bf16"]
     assert task.model is raw                                   # restored afterwards
+
+
+def test_a_key_logged_by_some_steps_is_averaged_over_those_steps():
+    """A phase may log keys the others do not (MPL's finetune steps have no mask rate): each train/<key> is the
+    image-weighted mean over the steps that returned it."""
+    from visionlab.engine.loop import _add_scalars, _means
+
+    run = {"n": 0, "seconds": 0.0}
+    for n, out in ((10, {"loss": 1.0, "mask": 0.5}), (30, {"loss": 3.0, "mask": 0.9}), (20, {"loss": 2.0})):
+        run["n"] += n
+        _add_scalars(run, {k: torch.tensor(v) for k, v in out.items()}, n)
+    means = _means(run)
+    assert means["train/loss"] == pytest.approx((10 + 90 + 40) / 60)
+    assert means["train/mask"] == pytest.approx((5 + 27) / 40)
+    assert _means({"n": 4, "seconds": 1.0, "loss": 8.0}) == {"train/loss": 2.0}     # a run saved before counts

@@ -173,8 +173,12 @@ def _train_step(task, ctx: FitContext, batch) -> dict:
     return out
 
 
+COUNT = "n:"        # run["n:<key>"]: images of the steps that returned <key> (a phase may log keys others do not)
+
+
 def _add_scalars(run: dict, out: dict, n: int) -> None:
-    """Sum every scalar the step returned (weighted by the batch size) into the epoch's running totals."""
+    """Sum every scalar the step returned (weighted by the batch size) into the epoch's running totals, with the
+    number of images behind each key, so a key logged by only some steps is averaged over those steps."""
     for k, v in out.items():
         if torch.is_tensor(v):
             if v.numel() != 1:
@@ -182,6 +186,14 @@ def _add_scalars(run: dict, out: dict, n: int) -> None:
             v = v.detach().item()
         if isinstance(v, (int, float)):
             run[k] = run.get(k, 0.0) + float(v) * n
+            run[COUNT + k] = run.get(COUNT + k, 0.0) + n
+
+
+def _means(run: dict) -> dict:
+    """train/<key> averages of an epoch's running totals (runs saved before per-key counts divide by all images)."""
+    skip = {"n", "seconds"}
+    return {f"train/{k}": v / max(run.get(COUNT + k, run["n"]), 1) for k, v in run.items()
+            if k not in skip and not k.startswith(COUNT)}
 
 
 def _run_epoch(task, train_loader, ctx: FitContext, state: FitState) -> None:
@@ -224,7 +236,7 @@ def fit(task, train_loader, val_loader, ctx: FitContext, state: FitState | None 
         run = {**sum_dict({k: v for k, v in state.running.items() if k != "seconds"}, ctx.dist), "seconds": seconds}
         lr = next(iter(ctx.optimizers.values())).param_groups[0]["lr"]
         row = {"epoch": state.epoch + 1, "step": state.step, "lr": lr}
-        row.update({f"train/{k}": v / max(run["n"], 1) for k, v in run.items() if k not in ("n", "seconds")})
+        row.update(_means(run))
         if val_loader is not None:        # every rank evaluates the whole split: same model, same numbers
             vm = evaluate(task, val_loader, ctx.device, ctx.precision, model=evaluated_model(task, ctx))
             row.update({f"val/{k}": v for k, v in vm.items() if isinstance(v, (int, float))})
