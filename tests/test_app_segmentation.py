@@ -175,8 +175,8 @@ def test_classification_and_segmentation_share_a_page(trashnet_run, camvid_run, 
         assert {d["api_name"] for d in config["dependencies"]} >= {"classify", "segment", "webcam_frame"}
     finally:
         downloads.close()
-    assert list(TASK_TABS) == ["classification", "segmentation"]
-    with pytest.raises(UserError, match="the app shows classification and segmentation runs.*not task=detection"):
+    assert list(TASK_TABS) == ["classification", "ssl", "dg", "segmentation"]     # classifiers share the Image tab
+    with pytest.raises(UserError, match="the app shows classification, ssl, dg, segmentation runs.*not task=detection"):
         tab_for("detection")
 
 
@@ -209,5 +209,5 @@ def test_stream_refuses_a_task_without_frame_model(camvid_run, monkeypatch):
     from visionlab.views import stream_run
 
     monkeypatch.delitem(stream_run.FRAME_MODELS, "segmentation")
-    with pytest.raises(UserError, match=r"stream runs classification runs, not task=segmentation"):
+    with pytest.raises(UserError, match=r"stream runs classification, ssl, dg runs, not task=segmentation"):
         stream_run.build_frame_model(camvid_run)

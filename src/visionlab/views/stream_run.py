@@ -81,7 +81,7 @@ def build_frame_model(run_dir, backend: str = "eager"):
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     run = as_run(run_dir)
     if run.cfg.task not in FRAME_MODELS:
-        raise UserError(f"{run.run_dir}: stream runs {' and '.join(FRAME_MODELS)} runs, not task={run.cfg.task}")
+        raise UserError(f"{run.run_dir}: stream runs {', '.join(FRAME_MODELS)} runs, not task={run.cfg.task}")
     return FRAME_MODELS[run.cfg.task](run, backend)
 
 

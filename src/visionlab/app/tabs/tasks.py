@@ -27,7 +27,7 @@ TASK_TABS = {
 def tab_for(task: str) -> TaskTab:
     """The row of ``task``; a UserError naming the tasks the app shows otherwise."""
     if task not in TASK_TABS:
-        raise UserError(f"the app shows {' and '.join(TASK_TABS)} runs (and generative runs on the Generate tab), "
+        raise UserError(f"the app shows {', '.join(TASK_TABS)} runs (and generative runs on the Generate tab), "
                         f"not task={task}")
     return TASK_TABS[task]
 
