@@ -73,8 +73,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = opt("auto", "architecture name from the model registry (`visionlab cfg` lists them); auto = the "
-                            "task's default (classification mnist_cnn, segmentation lraspp_lite0, vae vae, dcgan "
-                            "dcgan, ddpm ddpm_unet)")
+                            "task's default (classification and ssl mnist_cnn, dg tf_efficientnet_lite0, "
+                            "segmentation lraspp_lite0, vae vae, dcgan dcgan, ddpm ddpm_unet)")
     weights: str = opt("", "local file with pretrained weights (safetensors or torch state dict)")
     pretrained: bool = opt(False, "load the architecture's pretrained weights (needs model.weights, or download=true)")
     download: bool = opt(False, "with pretrained=true and no weights file: fetch torchvision/timm weights (network)")
@@ -234,8 +234,8 @@ class DGConfig:
     """task=dg: domain generalization on a domain dataset (data.name=pacs or domain_folder, data.target_domains held
     out); per-domain metrics on every split; `visionlab dg` runs every leave-one-domain-out split over seeds."""
     method: str = opt("erm", "erm (plain training on the pooled source domains), mixstyle (Zhou et al. 2021), "
-                             "domain_head (the seed's joint class + domain heads, weighted domain loss), dann (the same "
-                             "head through gradient reversal: domain-adversarial features)")
+                             "domain_head (the seed's joint class + domain heads, weighted domain loss), dann (the "
+                             "same head through gradient reversal: domain-adversarial features)")
     mixstyle_p: float = opt(0.5, "mixstyle: probability that a batch is mixed at each chosen layer", ge=0, le=1)
     mixstyle_alpha: float = opt(0.1, "mixstyle: Beta(alpha, alpha) mixing weights", gt=0)
     mixstyle_mix: str = opt("random", "mixstyle partners: random (any image of the batch) or crossdomain (an image of "
@@ -283,8 +283,8 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "tra
 # run is evaluated or sampled (never its architecture).
 TASK_EVAL_KEYS = {"segmentation": ("segmentation",), "vae": ("fid",), "dcgan": ("fid",),
                   "ddpm": ("fid", "ddpm.sampler", "ddpm.sample_steps")}
-DEFAULT_MODEL = {"classification": "mnist_cnn", "ssl": "mnist_cnn", "dg": "tf_efficientnet_lite0", "segmentation": "lraspp_lite0", "vae": "vae", "dcgan": "dcgan",
-                 "ddpm": "ddpm_unet"}
+DEFAULT_MODEL = {"classification": "mnist_cnn", "ssl": "mnist_cnn", "dg": "tf_efficientnet_lite0",
+                 "segmentation": "lraspp_lite0", "vae": "vae", "dcgan": "dcgan", "ddpm": "ddpm_unet"}
 
 
 def fields_table(cls=Config, prefix: str = ""):

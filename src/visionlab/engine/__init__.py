@@ -4,5 +4,5 @@ from .loop import FitContext, FitState, evaluate, evaluated_model, fit, restore,
 from .optim import build_optimizer, build_scheduler
 from .precision import autocast, resolve_precision
 
-__all__ = ["fit", "evaluate", "evaluated_model", "using_model", "restore", "FitContext", "FitState", "build_optimizer", "build_scheduler",
-           "save_checkpoint", "load_checkpoint", "autocast", "resolve_precision"]
+__all__ = ["fit", "evaluate", "evaluated_model", "using_model", "restore", "FitContext", "FitState",
+           "build_optimizer", "build_scheduler", "save_checkpoint", "load_checkpoint", "autocast", "resolve_precision"]

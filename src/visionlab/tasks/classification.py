@@ -72,7 +72,10 @@ class ClassificationTask(Task):
     @torch.no_grad()
     def validation_step(self, batch) -> None:
         images, labels = batch
-        logits = self.model(self.eval_tf(images)).float()
+        self._record(images, labels, self.model(self.eval_tf(images)).float())
+
+    def _record(self, images, labels, logits) -> None:
+        """Add one evaluation batch's float logits to the metrics (and the error gallery when collecting)."""
         self.metrics.update(logits, labels)
         if self._examples is not None:
             self._keep_errors(images, labels, logits)

@@ -73,10 +73,7 @@ class DomainGeneralizationTask(ClassificationTask):
         else:
             logits = self.model(x)
         logits = logits.float()
-        self.metrics.update(logits, labels)
-        if self._examples is not None:
-            self._keep_errors(images, labels, logits)
-        self._seen += len(labels)
+        self._record(images, labels, logits)
         self._scores.append(logits.softmax(1).cpu())
         self._labels.append(labels.cpu())
         self._domains.append(domains.cpu())
