@@ -213,7 +213,8 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
 def predict(run_dir: str | Path | LoadedRun, images, topk: int = 5) -> list:
     """One result per image (``images``: file paths or uint8 HWC arrays, decoded like the data), as the task's
     predictions say: classes -> the top-k [(class, probability)]; masks -> {"mask": uint8 [H, W] class ids,
-    "areas": {class: fraction of the image}}; images (a VAE's reconstructions) -> {"image": uint8 [H, W, C]}."""
+    "areas": {class: fraction of the image}}; images (a VAE's reconstructions) -> {"image": uint8 [H, W, C]}; boxes ->
+    {"boxes" float [N, 4] xyxy in the image's own pixels, "scores", "labels", "classes"} at the display threshold."""
     if topk < 1:
         raise ConfigError(f"topk={topk} is out of range: it must be >= 1; e.g. topk=5")
     run = run_dir if isinstance(run_dir, LoadedRun) else load_run(run_dir)
@@ -231,7 +232,27 @@ def predict(run_dir: str | Path | LoadedRun, images, topk: int = 5) -> list:
         return out
     if pred.kind == "images":                 # e.g. a VAE's reconstructions
         return [{"image": im.numpy()} for im in pred.images.cpu()]
+    if pred.kind == "boxes":
+        return [_boxes_on_original(d, im, run) for d, im in zip(pred.boxes, images)]
     raise UserError(f"predict: a {pred.kind!r} prediction has no per-image summary yet")
+
+
+def _boxes_on_original(d: dict, image, run: LoadedRun) -> dict:
+    """One image's detections mapped from the letterboxed canvas back to the image's own pixels (clipped to it)."""
+    from .data.decode import letterbox_scale, probe
+
+    if isinstance(image, (str, Path)):
+        (w, h), _ = probe(str(image), oriented=True)
+    else:
+        h, w = np.asarray(image).shape[:2]
+    size = int(run.info.preprocess.get("letterbox") or 0)
+    scale = letterbox_scale(h, w, size) if size else 1.0
+    boxes = d["boxes"].float() / scale
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    labels = d["labels"].long()
+    return {"boxes": boxes.numpy(), "scores": d["scores"].float().numpy(), "labels": labels.numpy(),
+            "classes": [run.classes[int(k)] for k in labels]}
 
 
 def add_generated(train, info: DataInfo, cfg: C.Config):
@@ -286,6 +307,8 @@ def predict_batch(run_dir: str | Path | LoadedRun, images):
             if arr is None:
                 raise UserError(f"{im}: cannot read this image ({reason}); pass a JPEG, PNG or other image file")
             im = arr
+        elif run.info.preprocess.get("letterbox"):     # a detector's canvas: the array's own letterbox
+            im = _letterboxed(np.asarray(im, dtype=np.uint8), run.info.preprocess)
         arrays.append(np.asarray(im, dtype=np.uint8))
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
@@ -296,6 +319,18 @@ def predict_batch(run_dir: str | Path | LoadedRun, images):
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
+
+def _letterboxed(arr: np.ndarray, preprocess: dict) -> np.ndarray:
+    """A decoded uint8 HWC array on the run's letterbox canvas (unchanged when it is the canvas already)."""
+    from PIL import Image
+
+    from .data.decode import prepare_image
+
+    size = int(preprocess["letterbox"])
+    if arr.shape[:2] == (size, size):
+        return arr
+    return prepare_image(Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr), preprocess)
+
 
 def _as_config(cfg, overrides) -> C.Config:
     if cfg is None or isinstance(cfg, (str, Path)):

@@ -352,3 +352,31 @@ def _mean_defined(x: np.ndarray) -> float | None:
     """COCO's summary: the mean over entries > -1, or None when there are none."""
     v = x[x > -1]
     return float(v.mean()) if v.size else None
+
+
+def match_image(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, iou: float = 0.5) -> tuple:
+    """One image's greedy matching at ``iou``, as COCO matches one class: predictions in score order each take the
+    unmatched ground-truth box of the same class with the highest IoU >= ``iou``. Returns (pred_tp bool [N],
+    gt_found bool [M]); the rest are false detections and missed boxes (the report's gallery draws them)."""
+    pb, gb = _array(pred_boxes, np.float64, (4,)), _array(gt_boxes, np.float64, (4,))
+    pl, gl = _array(pred_labels, np.int64), _array(gt_labels, np.int64)
+    order = np.argsort(-_array(pred_scores, np.float64), kind="stable")
+    tp, found = np.zeros(len(pb), bool), np.zeros(len(gb), bool)
+    if not len(pb) or not len(gb):
+        return tp, found
+    ia, ib = np.repeat(np.arange(len(pb)), len(gb)), np.tile(np.arange(len(gb)), len(pb))
+    ious = _pair_iou(pb[ia], gb[ib]).reshape(len(pb), len(gb))
+    ious[pl[:, None] != gl[None, :]] = -1.0
+    for d in order:
+        cand = np.where(found, -1.0, ious[d])
+        g = int(np.argmax(cand))
+        if cand[g] >= iou:
+            tp[d], found[g] = True, True
+    return tp, found
+
+
+def image_f1(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, iou: float = 0.5) -> float:
+    """F1 of one image's detections at ``iou`` (1.0 for an image with neither boxes nor detections)."""
+    tp, found = match_image(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, iou)
+    denom = len(tp) + len(found)
+    return 1.0 if denom == 0 else float(2 * tp.sum() / denom)

@@ -133,12 +133,12 @@ def _mobilenet(name: str, num_classes: int, output_stride: int, aux_loss: bool, 
                            DeepLabHead(high_ch, num_classes, aspp_rates(output_stride)), aux)
 
 
-def _lite0_body(output_stride: int, pretrained: bool) -> tuple[nn.Module, dict | None]:
+def lite0_body(output_stride: int, pretrained: bool) -> tuple[nn.Module, dict | None]:
     """timm's tf_efficientnet_lite0 (ImageNet head included, so the bundled file maps in order) and its report."""
     try:
         import timm
     except ImportError as e:
-        raise UserError("Lite0 segmentation models need timm: pip install timm (extra 'zoo')") from e
+        raise UserError("Lite0-based models need timm: pip install timm (extra 'zoo')") from e
     body = timm.create_model(LITE0, num_classes=1000, output_stride=output_stride)
     if not pretrained:
         return body, None
@@ -153,7 +153,7 @@ def _lite0(name: str, num_classes: int, output_stride: int, aux_loss: bool, head
            pretrained: bool) -> SegmentationNet:
     """LR-ASPP (low: blocks.2, high: blocks.6) or DeepLabV3 (ASPP on blocks.6, aux FCN on blocks.2) on Lite0."""
     _check_stride(name, output_stride, (8, 16, 32))
-    body, report = _lite0_body(output_stride, pretrained)
+    body, report = lite0_body(output_stride, pretrained)
     low_ch = body.blocks[LITE0_LOW][-1].conv_pwl.out_channels
     high_ch = body.blocks[LITE0_HIGH][-1].conv_pwl.out_channels
     if head == "lraspp":

@@ -1,8 +1,9 @@
 """Task registry: one room per task family (classification, segmentation, generative models, semi-supervised
-classification, domain generalization; detection later)."""
+classification, domain generalization, object detection)."""
 from ..registry import Registry
 from .base import Prediction, Task
 from .classification import ClassificationParams, ClassificationTask, build_classification, default_image_size
+from .detection import DetectionTask, build_detection
 from .domain import DomainGeneralizationTask, build_dg
 from .generative.ddpm import DDPMTask, build_ddpm
 from .generative.gan import DCGANTask, build_dcgan
@@ -18,9 +19,10 @@ TASKS.register("dcgan", build_dcgan)
 TASKS.register("ddpm", build_ddpm)
 TASKS.register("ssl", build_ssl)
 TASKS.register("dg", build_dg)
+TASKS.register("detection", build_detection)
 _CLASSES = {"classification": ClassificationTask, "segmentation": SegmentationTask,    # one row per registered task
             "vae": VAETask, "dcgan": DCGANTask, "ddpm": DDPMTask, "ssl": SemiSupervisedTask,
-            "dg": DomainGeneralizationTask}
+            "dg": DomainGeneralizationTask, "detection": DetectionTask}
 
 
 def declared_metric(task: str) -> tuple[str, str]:
