@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from visionlab.utils import ConfigError
-from visionlab.views import classification, domain, generative, segmentation, semi_supervised
+from visionlab.views import classification, detection, domain, generative, segmentation, semi_supervised
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ TASK_VIEWS = {
                                classification.show_predictions),
     "segmentation": TaskView(segmentation.HEADLINE, segmentation.sections, segmentation.after_train,
                              segmentation.show_predictions),
+    "detection": TaskView(detection.HEADLINE, detection.sections, detection.after_train, detection.show_predictions),
     "dg": TaskView(domain.HEADLINE, domain.sections, domain.after_train, domain.show_predictions),
     "ssl": TaskView(semi_supervised.HEADLINE, semi_supervised.sections, semi_supervised.after_train,
                     semi_supervised.show_predictions),
