@@ -69,12 +69,6 @@ def test_gallery_panel_colours():
     assert tuple(panel[0, 80]) == det.RED                        # E missed
 
 
-def test_box_iou():
-    iou = det.box_iou([[0, 0, 10, 10]], [[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30], [0, 0, 0, 0]])
-    assert iou.shape == (1, 4)
-    assert iou[0].tolist() == pytest.approx([1.0, 50 / 150, 0.0, 0.0])
-
-
 def test_draw_boxes_pixels():
     image = np.zeros((60, 80), np.uint8)                         # grayscale HW
     red = (255, 0, 0)
@@ -99,23 +93,28 @@ def test_draw_boxes_pixels():
     assert det.draw_boxes(image, np.zeros((0, 4))).shape == (60, 80, 3)
 
 
-def _summary() -> dict:
+def _summary(flat: bool = False) -> dict:
+    """summary.json as the pipeline writes it (the matrix as "box_confusion", counts and thresholds under
+    "evaluation"), or ``flat``: DetectionMetrics.compute()'s own keys at the top level."""
     curve = np.linspace(1.0, 0.5, 101)
     curve[80:] = -1                                              # recall never reached
-    return {
+    evaluation = {"n_images": 5, "n_gt": 21, "n_detections": 180, "eval_score_threshold": 0.001,
+                  "display_score_threshold": 0.25, "max_detections": 100}
+    s = {
         "task": "detection", "split": "test", "classes": CLASSES, "dataset": "toy_det", "model": "tiny_det",
-        "test/map": 0.4512, "test/map50": 0.7, "test/map75": 0.45, "test/map_small": None, "test/map_medium": 0.3,
+        "test/map": 0.4512, "test/map50": 0.7, "test/map75": 0.45, "map_small": None, "test/map_medium": 0.3,
         "test/map_large": 0.5, "test/mar_100": 0.55, "test/loss": 1.25,
         "per_class_ap": [{"class": "scratches", "ap": 0.45, "ap50": 0.7, "n_gt": 12},
                          {"class": "inclusion", "ap": 0.452, "ap50": 0.7, "n_gt": 9},
                          {"class": "patches", "ap": None, "ap50": None, "n_gt": 0}],
         "pr_curves": [{"class": c, "recall": np.linspace(0, 1, 101).tolist(),
                        "precision": None if c == "patches" else curve.tolist()} for c in CLASSES],
-        "confusion": [[8, 1, 0, 3], [0, 6, 0, 3], [0, 0, 0, 0], [4, 2, 1, 0]],
         "confusion_labels": CLASSES + ["background"],
-        "n_images": 5, "n_gt": 21, "n_detections": 180, "eval_score_threshold": 0.001,
-        "display_score_threshold": 0.25, "max_detections": 100,
     }
+    matrix = [[8, 1, 0, 3], [0, 6, 0, 3], [0, 0, 0, 0], [4, 2, 1, 0]]
+    if flat:
+        return {**s, **evaluation, "confusion": matrix}
+    return {**s, "evaluation": evaluation, "box_confusion": matrix}
 
 
 def _errors(path, k: int = 3) -> None:
@@ -126,11 +125,12 @@ def _errors(path, k: int = 3) -> None:
              conf=np.array([0.5, 0.2, 0.6], np.float32), index=np.arange(k, dtype=np.int64))
 
 
-def test_sections_write_their_figures_and_tables(tmp_path):
-    write_json(tmp_path / "summary.json", _summary())
+@pytest.mark.parametrize("flat", [False, True])
+def test_sections_write_their_figures_and_tables(tmp_path, flat):
+    write_json(tmp_path / "summary.json", _summary(flat))
     _errors(tmp_path / "errors.npz")
     info = load_run_files(tmp_path)
-    out = dict(view_for("detection").sections(info, CLASSES + ["3"]))     # report pads classes to the matrix size
+    out = dict(view_for("detection").sections(info, CLASSES))
     assert list(out) == ["Detection protocol", "Per-class AP", "Precision-recall curves",
                          "Detection confusion matrix", "Worst test images"]
     protocol = out["Detection protocol"][0][1]
@@ -151,7 +151,7 @@ def test_sections_write_their_figures_and_tables(tmp_path):
 
 def test_sections_without_errors_or_curves(tmp_path):
     s = _summary()
-    del s["pr_curves"], s["confusion"]
+    del s["pr_curves"], s["box_confusion"]
     write_json(tmp_path / "summary.json", s)
     out = dict(det.sections(load_run_files(tmp_path), CLASSES))
     assert list(out) == ["Detection protocol", "Per-class AP"]
@@ -166,6 +166,7 @@ def test_report_of_a_detection_run(tmp_path):
     for row in ("| AP@[.5:.95] | 45.12% |", "| AP50 | 70.00% |", "| AR@100 | 55.00% |", "| AP medium | 30.00% |",
                 "| loss | 1.2500 |", "| scratches | 45.00% | 70.00% | 12 |", "![worst test images with their boxes]"):
         assert row in md, row
+    assert "## Confusion matrix" not in md and not (tmp_path / "confusion_matrix.png").exists()   # only the box one
     assert (tmp_path / "det_gallery.png").is_file() and (tmp_path / "report.html").is_file()
 
 
@@ -175,11 +176,13 @@ def test_show_predictions(tmp_path):
     Image.fromarray(np.zeros((40, 60, 3), np.uint8)).save(src)
     many = 12
     results = [{"boxes": np.array([[5, 20, 25, 35], [30, 5, 50, 30]], np.float32),
-                "scores": np.array([0.55, 0.91], np.float32), "labels": np.array([1, 0]), "classes": CLASSES},
+                "scores": np.array([0.55, 0.91], np.float32), "labels": np.array([1, 0]),
+                "classes": ["inclusion", "scratches"]},                 # run.predict: each box's class name
                {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
-                "labels": np.zeros(0, np.int64), "classes": CLASSES},
+                "labels": np.zeros(0, np.int64), "classes": []},
                {"boxes": np.tile(np.array([[1, 1, 9, 9]], np.float32), (many, 1)),
-                "scores": np.linspace(0.9, 0.3, many), "labels": np.zeros(many, np.int64), "classes": CLASSES}]
+                "scores": np.linspace(0.9, 0.3, many), "labels": np.zeros(many, np.int64),
+                "classes": ["scratches"] * many}]
     images = [str(src), str(src.with_name("empty.png")), str(src.with_name("crowded.png"))]
     for name in images[1:]:
         Image.fromarray(np.zeros((40, 60), np.uint8)).save(name)

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image, ImageDraw, ImageFont
 
-from visionlab.metrics.detection import BACKEND, BACKGROUND
+from visionlab.metrics.detection import BACKEND, BACKGROUND, match_image
 from visionlab.utils import write_json, write_png
 from visionlab.views import plots
 from visionlab.views.markup import fmt
@@ -22,9 +22,7 @@ from visionlab.views.segmentation import palette
 
 HEADLINE = (("map", "AP@[.5:.95]", "pct"), ("map50", "AP50", "pct"), ("map75", "AP75", "pct"),
             ("map_small", "AP small", "pct"), ("map_medium", "AP medium", "pct"), ("map_large", "AP large", "pct"),
-            ("mar_100", "AR@100", "pct"), ("loss", "loss", "f4"),
-            ("n_images", "test images", "int"), ("n_gt", "ground-truth boxes", "int"),
-            ("n_detections", "detections evaluated", "int"))
+            ("mar_100", "AR@100", "pct"), ("loss", "loss", "f4"))
 MATCH_IOU = 0.5
 GREEN, RED, ORANGE = (0, 200, 0), (230, 20, 20), (255, 140, 0)
 GALLERY_MAX_IMAGES = 8
@@ -130,34 +128,17 @@ def draw_boxes(image: np.ndarray, boxes, labels=None, classes=(), scores=None, c
     return np.asarray(im)
 
 
-# ---------------------------------------------------------------- matching (the gallery's TP / missed / false)
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[len(a), len(b)] IoU of xyxy boxes."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    union = np.prod(a[:, 2:] - a[:, :2], axis=1)[:, None] + np.prod(b[:, 2:] - b[:, :2], axis=1)[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
+# ---------------------------------------------------------------- the gallery: found / missed / false boxes
 
 def match_boxes(true: np.ndarray, pred: np.ndarray, iou_threshold: float = MATCH_IOU) -> tuple:
     """One image's errors.npz rows -> (true [M, 5], pred [P, 6], gt_found bool [M], det_correct bool [P]) without the
-    padding rows (class -1). COCO's rule: detections, highest score first, each take the not yet taken ground-truth
-    box of their own class with the highest IoU >= ``iou_threshold``; a detection of the wrong class is false and the
-    box it covers missed."""
+    padding rows (class -1), matched by ``metrics.detection.match_image`` (the rule behind the stored F1: detections,
+    highest score first, each take the free ground-truth box of their own class with the highest IoU >=
+    ``iou_threshold``; a detection of the wrong class is false and the box it covers missed)."""
     true = np.asarray(true, np.float64).reshape(-1, 5)
     pred = np.asarray(pred, np.float64).reshape(-1, 6)
     true, pred = true[true[:, 4] >= 0], pred[pred[:, 4] >= 0]
-    iou = box_iou(pred[:, :4], true[:, :4])
-    iou[pred[:, 4][:, None] != true[:, 4][None, :]] = -1.0
-    found, correct = np.zeros(len(true), bool), np.zeros(len(pred), bool)
-    for d in np.argsort(-pred[:, 5], kind="stable"):
-        cand = np.where(found, -1.0, iou[d])
-        g = int(np.argmax(cand)) if len(cand) else -1
-        if g >= 0 and cand[g] >= iou_threshold:
-            found[g] = correct[d] = True
+    correct, found = match_image(pred[:, :4], pred[:, 4], pred[:, 5], true[:, :4], true[:, 4], iou_threshold)
     return true, pred, found, correct
 
 
@@ -256,8 +237,19 @@ def plot_pr_curves(pr_curves: list, per_class_ap: list, path: Path) -> int:
 # ---------------------------------------------------------------- report sections
 
 def _value(s: dict, key: str):
-    """A summary entry, stored plainly or as a number of the evaluated split (``test/<key>``)."""
-    return s[key] if key in s else s.get(f"{s.get('split', 'test')}/{key}")
+    """A summary entry: under "evaluation" (the counts and thresholds), plainly, or as a number of the evaluated split
+    (``test/<key>``)."""
+    evaluation = s.get("evaluation") if isinstance(s.get("evaluation"), dict) else {}
+    for found in (evaluation, s):
+        if key in found:
+            return found[key]
+    return s.get(f"{s.get('split', 'test')}/{key}")
+
+
+def _confusion(s: dict):
+    """The box confusion matrix: "box_confusion" (so the generic confusion-matrix section does not take it), or
+    "confusion"."""
+    return s.get("box_confusion") or s.get("confusion")
 
 
 def protocol_text(s: dict) -> str:
@@ -306,9 +298,9 @@ def sections(info: dict, classes: list[str]) -> list:
             ("text", f"{drawn} classes at IoU 0.5: COCO's interpolated precision (the best precision at this recall "
                      f"or beyond) at 101 recall points; a curve ends where the class's recall ends.{note}"),
             ("image", "pr_curves.png", "precision-recall curves")]))
-    if s.get("confusion"):
+    if _confusion(s):
         labels = [str(c) for c in s.get("confusion_labels") or [*names, BACKGROUND]]
-        plots.plot_confusion(s["confusion"], labels, run_dir / "det_confusion.png")
+        plots.plot_confusion(_confusion(s), labels, run_dir / "det_confusion.png")
         out.append(("Detection confusion matrix", [
             ("text", f"Detections with score >= {fmt(_value(s, 'display_score_threshold'))} matched to ground-truth "
                      "boxes at IoU >= 0.5 (greedy by score, own class first, else the best-overlapping box of "
@@ -349,9 +341,10 @@ def show_predictions(results: list, images: list[str], out_dir: Path | None) -> 
         boxes = np.asarray(r["boxes"], np.float64).reshape(-1, 4)
         scores = np.asarray(r["scores"], np.float64).reshape(-1)
         labels = np.asarray(r["labels"], np.int64).reshape(-1)
-        classes = list(r["classes"])
+        named = dict(zip(labels.tolist(), map(str, r["classes"])))         # "classes": each box's class name
+        classes = [named.get(k, str(k)) for k in range(int(labels.max(initial=-1)) + 1)]
         order = np.argsort(-scores, kind="stable")
-        dets = [{"class": box_text(int(labels[i]), classes), "score": float(scores[i]),
+        dets = [{"class": classes[labels[i]], "score": float(scores[i]),
                  "box": [float(v) for v in boxes[i]]} for i in order]
         records.append({"image": str(image), "detections": dets})
         path = out_dir / f"{Path(str(image)).stem}_boxes.png"
@@ -360,8 +353,8 @@ def show_predictions(results: list, images: list[str], out_dir: Path | None) -> 
             lines.append(f"{image}\t{len(dets)} boxes (no picture written: {reason})")
             continue
         write_png(path, draw_boxes(arr, boxes, labels, classes, scores))
-        named = ", ".join(f"{d['class']} {d['score']:.2f}" for d in dets[:LIST_MAX_BOXES])
+        shown = ", ".join(f"{d['class']} {d['score']:.2f}" for d in dets[:LIST_MAX_BOXES])
         more = f", ... (+{len(dets) - LIST_MAX_BOXES})" if len(dets) > LIST_MAX_BOXES else ""
-        lines.append(f"{image}\t{len(dets)} boxes{': ' + named + more if dets else ''} -> {path}")
+        lines.append(f"{image}\t{len(dets)} boxes{': ' + shown + more if dets else ''} -> {path}")
     write_json(out_dir / "predictions.json", records)
     return lines
