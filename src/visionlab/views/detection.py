@@ -253,6 +253,7 @@ def _confusion(s: dict):
 
 
 def protocol_text(s: dict) -> str:
+    """One paragraph saying how the numbers were computed (evaluator, IoUs, interpolation, caps, thresholds, counts)."""
     n = _value(s, "max_detections") or 100
     return (f"COCO-standard box AP by {BACKEND} (a C++ port of pycocotools' COCOeval) on the {s.get('split', 'test')} "
             f"split: AP averaged over IoU 0.50:0.05:0.95 (AP50, AP75 at one IoU), 101-point interpolated precision, "
