@@ -8,7 +8,12 @@ import numpy as np
 
 @dataclass
 class ImageSet:
-    """One split. Either ``images`` (uint8 [N, H, W, C], decoded once) or ``paths`` (decoded lazily by workers)."""
+    """One split. Either ``images`` (uint8 [N, H, W, C], decoded once) or ``paths`` (decoded lazily by workers).
+
+    ``labels`` is each image's class; for a box dataset (``boxes`` set) it is the image's dominant class (the class
+    with the most boxes, ties -> the lowest id), and num_classes (one extra stratum) for an image without boxes (a
+    negative): seeded splits and data.limit stratify on it.
+    """
 
     labels: np.ndarray                       # int64 [N]
     images: np.ndarray | None = None         # uint8 [N, H, W, C]
@@ -16,6 +21,9 @@ class ImageSet:
     names: list[str] | None = None           # a readable id per sample (file name or "train[123]") for galleries
     masks: np.ndarray | None = None          # uint8 [N, H, W] class ids, 255 = ignore (segmentation sources)
     domains: np.ndarray | None = None        # int64 [N] domain index (domain-folder sources, Splits.domains names)
+    # detection sources: float32 [N, M, 5], per image its boxes as rows (x0, y0, x1, y1, class) in pixels of the
+    # stored image, padded with rows of -1 (class -1 = padding); M is the same for every split of a dataset
+    boxes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -33,17 +41,23 @@ class ImageSet:
             names=None if self.names is None else [self.names[i] for i in idx],
             masks=None if self.masks is None else self.masks[idx],
             domains=None if self.domains is None else self.domains[idx],
+            boxes=None if self.boxes is None else self.boxes[idx],
         )
 
     @staticmethod
     def concat(parts: list["ImageSet"]) -> "ImageSet":
-        """One set of several in-memory sets, in order (names and domains kept)."""
+        """One set of several in-memory sets, in order (names, domains and boxes kept; boxes padded to a common M)."""
         def cat(field):
             values = [getattr(p, field) for p in parts]
             return None if any(v is None for v in values) else np.concatenate(values)
         names = None if any(p.names is None for p in parts) else [n for p in parts for n in p.names]
+        boxes = None
+        if all(p.boxes is not None for p in parts):
+            m = max(p.boxes.shape[1] for p in parts)
+            boxes = np.concatenate([np.pad(p.boxes, ((0, 0), (0, m - p.boxes.shape[1]), (0, 0)), constant_values=-1)
+                                    for p in parts])
         return ImageSet(labels=cat("labels"), images=cat("images"), names=names, masks=cat("masks"),
-                        domains=cat("domains"))
+                        domains=cat("domains"), boxes=boxes)
 
 
 @dataclass
@@ -56,7 +70,7 @@ class DataInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     preprocess: dict = field(default_factory=dict)
-    target: str = "label"                    # what the samples carry: label (an int) or mask (per-pixel classes)
+    target: str = "label"                    # what the samples carry: label (an int), mask (per-pixel classes), boxes
     domains: list[str] = field(default_factory=list)    # domain names by index (domain-folder sources)
 
     @property
@@ -88,15 +102,17 @@ class Splits:
     domains: list[str] = field(default_factory=list)    # domain names (domain-folder sources), by index
     unlabeled: ImageSet | None = None        # few-label protocol: the train images whose labels training never sees
     labeled_index: np.ndarray | None = None  # few-label protocol: positions of ``train`` in the whole train split
+    # box sources: labels fixed, dropped or missing, [{"file", "issue", "action", "count" or "box"}] (data/detection.py)
+    label_issues: list[dict] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def info(self) -> DataInfo:
+        target = "mask" if self.train.masks is not None else "boxes" if self.train.boxes is not None else "label"
         return DataInfo(list(self.classes), self.channels, tuple(self.image_size), tuple(self.mean), tuple(self.std),
-                        dict(self.preprocess), "mask" if self.train.masks is not None else "label",
-                        list(self.domains))
+                        dict(self.preprocess), target, list(self.domains))
 
 
 def channel_stats(images: np.ndarray, max_images: int = 10000) -> tuple[tuple[float, ...], tuple[float, ...]]:

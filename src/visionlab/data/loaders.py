@@ -1,5 +1,6 @@
 """Batch iterators yielding (uint8 NHWC images, target): in memory (fast path) or DataLoader workers. The target is
-int64 labels, or uint8 NHW masks for a split that has them (segmentation).
+int64 labels, uint8 NHW masks for a split that has them (segmentation), or float32 [B, M, 5] boxes (detection:
+rows x0, y0, x1, y1, class, padded with -1; box datasets are always in memory).
 
 Both shuffle with a permutation derived from (seed, epoch) and can start mid-epoch, so a resumed run sees
 exactly the batches an uninterrupted run would have seen. Under data parallelism each rank takes its slice of
@@ -50,12 +51,14 @@ class InMemoryLoader(_Batches):
         # a private writable copy: cached arrays may be read-only memory maps, which torch warns about
         self.images = torch.from_numpy(np.array(split.images, copy=True, order="C"))
         self.labels = torch.from_numpy(split.labels.astype(np.int64))
-        self.masks = None if split.masks is None else torch.from_numpy(np.array(split.masks, copy=True, order="C"))
+        dense = split.masks if split.masks is not None else split.boxes
+        # what a batch carries beside the images: masks, boxes, else the labels
+        self.targets = self.labels if dense is None else torch.from_numpy(np.array(dense, copy=True, order="C"))
         self.domains = _domains(split) if with_domains else None
 
     def __iter__(self):
         for idx in super().__iter__():
-            target = self.labels[idx] if self.masks is None else self.masks[idx]
+            target = self.targets[idx]
             yield (self.images[idx], target) if self.domains is None else (self.images[idx], target, self.domains[idx])
 
 
@@ -170,8 +173,7 @@ class StreamLoader:
                 idx = self.indices(s, step)
                 if self.world > 1:
                     idx = torch.tensor_split(idx, self.world)[self.rank]
-                target = loader.labels if loader.masks is None else loader.masks
-                batch += [loader.images[idx], target[idx]]
+                batch += [loader.images[idx], loader.targets[idx]]
             yield tuple(batch)
 
 
