@@ -22,6 +22,7 @@ CHUNK = 256
 # phone or DSLR takes (a 24 Mpx DSLR frame is 6000x4000) and well below Pillow's own 179 Mpx error.
 MAX_PIXELS = 40_000_000
 MAX_PIXELS_ENV = "VISIONLAB_MAX_PIXELS"
+ORIENTATION_TAG = 0x0112     # EXIF orientation: 5-8 = the stored pixels are rotated by 90 degrees
 
 
 class DecodeError(Exception):
@@ -130,6 +131,35 @@ def letterbox(im: Image.Image) -> Image.Image:
     return out
 
 
+LETTERBOX_FILL = 114        # the grey of detection canvases (YOLO's convention)
+
+
+def letterbox_scale(h: int, w: int, size: int) -> float:
+    """The factor that fits an h x w image into a size x size letterbox canvas (long side = size). Boxes on the
+    canvas are the image's boxes times this; a box predicted on the canvas maps back as box / scale."""
+    return size / max(h, w)
+
+
+def letterbox_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """(H, W) of an h x w image inside a size x size letterbox canvas (the rest of the canvas is padding)."""
+    s = letterbox_scale(h, w, size)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def letterbox_top_left(im: Image.Image, size: int) -> Image.Image:
+    """Resize (bilinear, antialiased when shrinking) so the long side is ``size``, aspect kept, onto the top-left of a
+    size x size canvas filled with grey 114 (detection sources: boxes only scale, never shift)."""
+    w, h = im.size
+    nh, nw = letterbox_size(h, w, size)
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.BILINEAR)      # PIL's bilinear widens its support when shrinking
+    if (nw, nh) == (size, size):
+        return im
+    out = Image.new(im.mode, (size, size), LETTERBOX_FILL if im.mode == "L" else (LETTERBOX_FILL,) * 3)
+    out.paste(im, (0, 0))
+    return out
+
+
 def _open(path) -> Image.Image:
     apply_max_pixels()                                # the limit of now ($VISIONLAB_MAX_PIXELS may have changed)
     try:
@@ -180,8 +210,11 @@ def load_image(path, preprocess: dict) -> np.ndarray:
 def prepare_image(im: Image.Image, preprocess: dict) -> np.ndarray:
     """A decoded image as the data pipeline makes a sample of it (uint8 HWC). ``preprocess`` is Splits.preprocess:
     image_size (0 = native, N = NxN, or [H, W]), short_side (segmentation sources: resize so the short side is N,
-    aspect kept), pad_square, grayscale."""
+    aspect kept), letterbox (detection sources: long side N at the top-left of an NxN grey canvas), pad_square,
+    grayscale."""
     im = to_rgb_or_l(im, bool(preprocess.get("grayscale")))
+    if preprocess.get("letterbox"):
+        im = letterbox_top_left(im, int(preprocess["letterbox"]))
     if preprocess.get("pad_square"):
         im = letterbox(im)
     short = int(preprocess.get("short_side") or 0)
@@ -231,17 +264,28 @@ def verify_files(paths: list[str], workers: int | None = None) -> list:
     return map_files(_verify_chunk, list(paths), workers)
 
 
-def probe(path) -> tuple[tuple[int, int] | None, str | None]:
-    """Cheap header check: ((width, height), None) or (None, reason). Truncation is only found by decoding."""
+def probe(path, oriented: bool = False) -> tuple[tuple[int, int] | None, str | None]:
+    """Cheap header check: ((width, height), None) or (None, reason). Truncation is only found by decoding.
+    ``oriented``: the size as decoded, after the EXIF orientation (width and height swap for a rotated photo)."""
     try:
         if os.path.getsize(path) == 0:
             return None, "empty file (0 bytes)"
         with Image.open(path) as im:
-            return im.size, None
+            rotated = oriented and im.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8)
+            return (im.size[::-1] if rotated else im.size), None
     except UnidentifiedImageError:
         return None, "not an image (unrecognized format)"
     except Exception as e:
         return None, f"unreadable: {e}"[:160]
+
+
+def _probe_chunk(paths, oriented=False):
+    return [probe(p, oriented) for p in paths]
+
+
+def probe_files(paths: list[str], oriented: bool = False, workers: int | None = None) -> list:
+    """probe() of many files (a process pool for many): ((width, height), None) or (None, reason) per file."""
+    return map_files(functools.partial(_probe_chunk, oriented=oriented), list(paths), workers)
 
 
 def _load_chunk(paths, preprocess):
