@@ -238,18 +238,54 @@ def format_check(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+NO_BOXES = "(no boxes)"       # the count row of box datasets' negatives (images without boxes)
+ISSUE_ROWS = 1000             # label-issue rows kept in data_report.json (the summary counts them all)
+
+
+def label_issue_summary(issues: list[dict]) -> list[dict]:
+    """Splits.label_issues counted per (issue, action): [{"issue", "action", "count", "files"}], most frequent first;
+    count = rows (boxes, or images for image-level issues), files = distinct images."""
+    groups: dict = defaultdict(lambda: [0, set()])
+    for r in issues:
+        g = groups[(r["issue"], r["action"])]
+        g[0] += 1
+        g[1].add(r["file"])
+    return [{"issue": i, "action": a, "count": n, "files": len(f)}
+            for (i, a), (n, f) in sorted(groups.items(), key=lambda kv: (-kv[1][0], kv[0]))]
+
+
 def data_summary(splits) -> dict:
-    """Counts per split and class, skipped files and source of a Splits, as a JSON-able dict."""
-    counts = {}
+    """Counts per split and class, skipped files and source of a Splits, as a JSON-able dict. Box datasets add the
+    images without boxes (a "(no boxes)" count row), "boxes" per split and class, and their label issues."""
+    counts, boxes = {}, {}
     for name in ("train", "val", "test"):
         part = getattr(splits, name)
         if part is not None:
             hist = Counter(int(v) for v in part.labels)
             counts[name] = {c: hist.get(i, 0) for i, c in enumerate(splits.classes)}
-    return {"source": splits.source, "classes": splits.classes, "channels": splits.channels,
-            "image_size": list(splits.image_size), "mean": list(splits.mean), "std": list(splits.std),
-            "preprocess": splits.preprocess, "counts": counts,
-            "totals": {k: sum(v.values()) for k, v in counts.items()}, "skipped": splits.skipped}
+            if part.boxes is not None:
+                counts[name][NO_BOXES] = hist.get(len(splits.classes), 0)
+                per = Counter(int(c) for c in part.boxes[..., 4].ravel() if c >= 0)
+                boxes[name] = {c: per.get(i, 0) for i, c in enumerate(splits.classes)}
+    out = {"source": splits.source, "classes": splits.classes, "channels": splits.channels,
+           "image_size": list(splits.image_size), "mean": list(splits.mean), "std": list(splits.std),
+           "preprocess": splits.preprocess, "counts": counts,
+           "totals": {k: sum(v.values()) for k, v in counts.items()}, "skipped": splits.skipped}
+    if boxes:
+        out["boxes"] = boxes
+        out["box_totals"] = {k: sum(v.values()) for k, v in boxes.items()}
+        out["label_issues"] = label_issue_summary(splits.label_issues)
+        out["label_issue_rows"] = splits.label_issues[:ISSUE_ROWS]
+    return out
+
+
+def _count_table(classes: list[str], counts: dict, totals: dict) -> list[str]:
+    names = list(counts)
+    extra = sorted({c for v in counts.values() for c in v} - set(classes))
+    rows = [[c] + [counts[n].get(c, 0) for n in names] for c in list(classes) + extra]
+    rows.append(["total"] + [totals[n] for n in names])
+    return ["| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"] + \
+        ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]
 
 
 def write_data_report(splits, run_dir) -> dict:
@@ -257,13 +293,19 @@ def write_data_report(splits, run_dir) -> dict:
     s = data_summary(splits)
     run_dir = Path(run_dir)
     write_json(run_dir / "data_report.json", s)
-    names = list(s["counts"])
-    rows = [[c] + [s["counts"][n][c] for n in names] for c in s["classes"]]
-    rows.append(["total"] + [s["totals"][n] for n in names])
     md = ["# Data report\n", f"Source: {s['source']}  ", f"Images: {s['channels']} channel(s), "
-          f"{s['image_size'][0]}x{s['image_size'][1]}; preprocess: {s['preprocess']}\n",
-          "| class | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    md += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]
+          f"{s['image_size'][0]}x{s['image_size'][1]}; preprocess: {s['preprocess']}\n"]
+    md += _count_table(s["classes"], s["counts"], s["totals"])
+    if "boxes" in s:
+        md += ["\n## Boxes per class\n"] + _count_table(s["classes"], s["boxes"], s["box_totals"])
+        issues = s["label_issues"]
+        md.append(f"\n## Label issues ({sum(i['count'] for i in issues)})\n")
+        md += ["| issue | action | count | files |", "|---|---|---|---|"] if issues else ["none"]
+        md += [f"| {i['issue']} | {i['action']} | {i['count']} | {i['files']} |" for i in issues]
+        if issues:
+            md.append(f"\nFirst rows (all {len(splits.label_issues)} in data_report.json, up to {ISSUE_ROWS}):\n")
+        md += [f"- `{r['file']}`: {r['issue']}, {r['action']}" + (f" {r['box']}" if r.get("box") else "")
+               for r in splits.label_issues[:20]]
     md.append(f"\n## Skipped files ({len(s['skipped'])})\n")
     md += [f"- `{k['file']}`: {k['reason']}" for k in s["skipped"]] or ["none"]
     atomic_write_text(run_dir / "data_report.md", "\n".join(md) + "\n")
