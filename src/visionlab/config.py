@@ -28,7 +28,7 @@ def opt(default, help: str, *, ge=None, gt=None, le=None, lt=None):
 class DataConfig:
     name: str = opt("mnist5k", "dataset: mnist5k (embedded, default), digits, mnist, fashion_mnist, cifar10, cifar100, "
                                "trashnet, neu_det (box crops), folder; domains: pacs, domain_folder; segmentation: "
-                               "camvid, coco128_seg, mask_folder")
+                               "camvid, coco128_seg, mask_folder; detection: neu_det_boxes, coco128, box_folder")
     root: str = opt("", "data folder; empty -> $VISIONLAB_DATA/<dataset folder>, else ./data/<dataset folder>")
     download: bool = opt(False, "fetch a missing dataset from the internet (only where a network exists)")
     val_fraction: float = opt(0.1, "fraction of train held out for validation when the source has no val split",
@@ -38,6 +38,9 @@ class DataConfig:
     image_size: int = opt(0, "resize images to this square size; 0 keeps the native size (folders of mixed sizes: "
                                "the model's input size, else 224)", ge=0)
     pad_square: bool = opt(False, "letterbox non-square images to a square before resizing, instead of stretching")
+    box_format: str = opt("", "box_folder labels: voc, coco or yolo; empty = detected from the files")
+    names: str = opt("", "box_folder class names: a YAML with `names:` or a text file with one name a line (needed "
+                         "for YOLO labels; VOC/COCO: else the label names, sorted)")
     grayscale: bool = opt(False, "convert images to one channel")
     rotation: float = opt(0.0, "random rotation augmentation, +- degrees (the MNIST seed recipe uses 13)", ge=0)
     crop_padding: int = opt(0, "random crop after zero padding by this many pixels (CIFAR recipe: 4)", ge=0)

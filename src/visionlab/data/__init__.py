@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..registry import Registry
-from . import cifar, domains, embedded, folder, idx, neu_det, segmentation
+from . import cifar, detection, domains, embedded, folder, idx, neu_det, segmentation
 from .base import ImageSet, Splits, channel_stats
 from .fewlabel import labeled_indices, per_class_indices
 from .split import limit_indices
@@ -24,6 +24,9 @@ DATASETS.register("coco128_seg", segmentation.build_coco128_seg)
 DATASETS.register("mask_folder", segmentation.build_mask_folder)
 DATASETS.register("pacs", domains.build_pacs)                     # domain generalization: <domain>/<class>/
 DATASETS.register("domain_folder", domains.build_domain_folder)
+DATASETS.register("neu_det_boxes", detection.build_neu_det_boxes)  # detection: images + boxes, letterboxed
+DATASETS.register("coco128", detection.build_coco128)
+DATASETS.register("box_folder", detection.build_box_folder)
 # sources whose images may differ in size: with data.image_size=0 they take the size to use from build_splits
 MIXED_SIZES = {"folder", "trashnet", "neu_det", "pacs", "domain_folder"}
 
