@@ -102,10 +102,14 @@ def test_every_shipped_config_resolves_and_names_a_known_model():
         elif not path.name.startswith(("sweep_", "spec_")) and not path.name.endswith("_guide.yaml"):
             cfgs.append(C.load_config(path))
     assert len(cfgs) > 30
-    generative = [c for c in cfgs if c.task in C.TASK_EVAL_KEYS and c.task != "segmentation"]
+    generative = [c for c in cfgs if c.task in C.TASK_EVAL_KEYS and c.task not in ("segmentation", "detection")]
     assert {c.task for c in generative} == {"vae", "dcgan", "ddpm"}
     assert all(c.model.name == C.DEFAULT_MODEL[c.task] for c in generative)      # they build their own networks
-    names = {c.model.name for c in cfgs if c not in generative}
+    from visionlab.models.detection import DETECTION_MODELS
+
+    detection = [c for c in cfgs if c.task == "detection"]
+    assert detection and all(c.model.name in DETECTION_MODELS for c in detection)
+    names = {c.model.name for c in cfgs if c not in generative and c not in detection}
     assert {"drn_c_26", "drn_d_22", "densenet201", "swin_t", "alexnet", "tf_efficientnet_lite0"} <= names
     assert all(n in MODELS or is_timm_name(n) for n in names)
     # segmentation configs pair task=segmentation with segmentation models (a classifier there fails at build time)

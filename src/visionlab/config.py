@@ -77,7 +77,8 @@ class DataConfig:
 class ModelConfig:
     name: str = opt("auto", "architecture name from the model registry (`visionlab cfg` lists them); auto = the "
                             "task's default (classification and ssl mnist_cnn, dg tf_efficientnet_lite0, "
-                            "segmentation lraspp_lite0, vae vae, dcgan dcgan, ddpm ddpm_unet)")
+                            "segmentation lraspp_lite0, detection fcos_lite0, vae vae, dcgan dcgan, ddpm "
+                            "ddpm_unet)")
     weights: str = opt("", "local file with pretrained weights (safetensors or torch state dict)")
     pretrained: bool = opt(False, "load the architecture's pretrained weights (needs model.weights, or download=true)")
     download: bool = opt(False, "with pretrained=true and no weights file: fetch torchvision/timm weights (network)")
@@ -250,11 +251,35 @@ class DGConfig:
 
 
 @dataclass
+class DetectionConfig:
+    """task=detection: a torchvision detector on the Lite0 feature pyramid (model.name fcos_lite0, retinanet_lite0,
+    fasterrcnn_lite0, ssdlite_lite0), letterboxed S x S inputs (data.image_size)."""
+    fpn_channels: int = opt(64, "channels of the feature pyramid and the heads (torchvision's ResNet-50 models: 256)",
+                            ge=8)
+    head_convs: int = opt(2, "FCOS: 3x3 conv layers in each head tower (torchvision's default 4)", ge=0)
+    anchor_sizes: list = opt([], "base box size in pixels per pyramid level (FCOS: the levels' size ranges); [] = "
+                                 "the detector's default for 200-640 px inputs (FCOS 8..128, RetinaNet 16..256)")
+    aspect_ratios: list = opt([0.5, 1.0, 2.0], "anchor aspect ratios h/w (RetinaNet, Faster R-CNN)")
+    hflip: bool = opt(True, "random horizontal flip of image and boxes")
+    vflip: bool = opt(False, "random vertical flip (texture and defect images; not for street scenes)")
+    scale_min: float = opt(0.75, "scale jitter: lower end of the random zoom (image and boxes, canvas kept)", gt=0)
+    scale_max: float = opt(1.25, "scale jitter: upper end", gt=0)
+    jitter: float = opt(0.2, "photometric jitter strength (brightness, contrast, saturation +- this)", ge=0, lt=1)
+    eval_score_threshold: float = opt(0.01, "score threshold for evaluation (mAP needs the low-score tail)", ge=0,
+                                      lt=1)
+    score_threshold: float = opt(0.3, "score threshold for display: predict, app, video loop, confusion matrix, "
+                                      "gallery", ge=0, lt=1)
+    nms_iou: float = opt(0.5, "per-class non-maximum suppression IoU", gt=0, le=1)
+    max_detections: int = opt(100, "detections kept per image (COCO: 100)", ge=1)
+    max_examples: int = opt(8, "worst test images kept for the report's gallery", ge=0)
+
+
+@dataclass
 class Config:
     name: str = opt("", "run name; runs go to <out_dir>/<name>[-N]; empty -> config file stem or 'default'")
     out_dir: str = opt("runs", "parent folder of run directories")
     task: str = opt("classification", "task: classification, segmentation, vae, dcgan, ddpm, ssl (semi-supervised), "
-                                         "dg (domain generalization)")
+                                         "dg (domain generalization), detection")
     seed: int = opt(0, "random seed for weights, data order and augmentation")
     resume: str = opt("", "RUN_DIR to continue, or 'true' for the newest run of this name")
     data: DataConfig = field(default_factory=DataConfig)
@@ -262,6 +287,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    detection: DetectionConfig = field(default_factory=DetectionConfig)
     fid: FidConfig = field(default_factory=FidConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     dcgan: DCGANConfig = field(default_factory=DCGANConfig)
@@ -280,14 +306,17 @@ class Config:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
-            "segmentation": SegmentationConfig, "fid": FidConfig, "vae": VAEConfig, "dcgan": DCGANConfig,
-            "ddpm": DDPMConfig, "ssl": SSLConfig, "dg": DGConfig}
+            "segmentation": SegmentationConfig, "detection": DetectionConfig, "fid": FidConfig, "vae": VAEConfig,
+            "dcgan": DCGANConfig, "ddpm": DDPMConfig, "ssl": SSLConfig, "dg": DGConfig}
 # What `visionlab eval` may change besides run.EVAL_KEYS, per task: whole sections or single keys that say how a
 # run is evaluated or sampled (never its architecture).
 TASK_EVAL_KEYS = {"segmentation": ("segmentation",), "vae": ("fid",), "dcgan": ("fid",),
+                  "detection": ("detection.eval_score_threshold", "detection.score_threshold", "detection.nms_iou",
+                                "detection.max_detections"),
                   "ddpm": ("fid", "ddpm.sampler", "ddpm.sample_steps")}
 DEFAULT_MODEL = {"classification": "mnist_cnn", "ssl": "mnist_cnn", "dg": "tf_efficientnet_lite0",
-                 "segmentation": "lraspp_lite0", "vae": "vae", "dcgan": "dcgan", "ddpm": "ddpm_unet"}
+                 "segmentation": "lraspp_lite0", "detection": "fcos_lite0", "vae": "vae", "dcgan": "dcgan",
+                 "ddpm": "ddpm_unet"}
 
 
 def fields_table(cls=Config, prefix: str = ""):

@@ -89,7 +89,15 @@ class DetectionTask(Task):
         del self._examples[self.p.max_examples:]
 
     def compute_metrics(self) -> dict:
-        return self.metrics.compute()
+        """AP numbers (logged as val/... and test/...); the per-class table, PR curves, the box confusion matrix
+        ("box_confusion", so the classification report's matrix does not claim it) and the evaluation's counts and
+        thresholds ("evaluation") go to summary.json only."""
+        out = self.metrics.compute()
+        protocol = ("n_images", "n_gt", "n_detections", "eval_score_threshold", "display_score_threshold",
+                    "max_detections")
+        out["evaluation"] = {k: out.pop(k) for k in protocol}
+        out["box_confusion"] = out.pop("confusion")
+        return out
 
     def reset_metrics(self, collect_examples: bool = False) -> None:
         self.metrics.reset()

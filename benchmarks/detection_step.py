@@ -1,0 +1,90 @@
+"""Cost of one detection training step (augmentation + forward + backward + optimizer step) on real batches, for
+several arms in the same run, as a ratio against the first arm (the recipe's detector as configured). Arms alternate
+over ``reps`` and the median counts; each arm is ``name:KEY=VALUE,KEY=VALUE`` applied on top of the config.
+
+    .venv/bin/python benchmarks/detection_step.py [config=configs/neu_det_fcos.yaml] [steps=4] [reps=3] [threads=N]
+        [arms="fcos:;bf16:train.precision=bf16;nchw:train.channels_last=false;retinanet:model.name=retinanet_lite0"]
+Last line: RESULT <arm>_ms=<ms> ... <arm>_over_<first>=<x> ...
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from _common import ROOT
+
+import torch
+
+KNOWN = {"config", "arms", "steps", "reps", "threads"}
+ARMS = ("fcos:;bf16:train.precision=bf16;nchw:train.channels_last=false;retinanet:model.name=retinanet_lite0;"
+        "fasterrcnn:model.name=fasterrcnn_lite0;ssdlite:model.name=ssdlite_lite0")
+
+
+def build(config: str, overrides: list[str]):
+    """(task, loader, precision, cfg) of a run of ``config`` on the CPU, nothing written."""
+    from visionlab import config as C
+    from visionlab.data import build_splits
+    from visionlab.engine import build_optimizer
+    from visionlab.engine.distributed import Dist
+    from visionlab.engine.precision import resolve_precision
+    from visionlab.run import _train_loader
+    from visionlab.tasks import TASKS
+
+    cfg = C.load_config(config, overrides)
+    splits = build_splits(cfg.data)
+    task = TASKS.get(cfg.task)(cfg, splits.info(), torch.Generator().manual_seed(0))
+    if cfg.train.channels_last:
+        task.model.to(memory_format=torch.channels_last)
+    task.optimizers = {k: build_optimizer(g, cfg.optim) for k, g in task.optimizer_groups(cfg.optim).items()}
+    loader = _train_loader(splits, task, cfg, task.info, Dist())
+    return task, loader, resolve_precision(cfg.train.precision, torch.device("cpu")), cfg
+
+
+def step(task, batch, precision: str) -> None:
+    from visionlab.engine.precision import autocast
+
+    with autocast(torch.device("cpu"), precision):
+        out = task.training_step(batch)
+    opt = task.optimizers["main"]
+    opt.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    opt.step()
+
+
+def main(argv: list[str]) -> None:
+    from visionlab.deploy.latency import cpu_model
+
+    kv = dict(a.split("=", 1) for a in argv)
+    if "threads" in kv:
+        torch.set_num_threads(int(kv["threads"]))
+    config = kv.get("config", str(ROOT / "configs" / "neu_det_fcos.yaml"))
+    steps, reps = int(kv.get("steps", 4)), int(kv.get("reps", 3))
+    common = [f"{k}={v}" for k, v in kv.items() if k not in KNOWN]
+    specs = [a.split(":", 1) for a in kv.get("arms", ARMS).split(";") if a]
+    arms = {name: build(config, common + [o for o in over.split(",") if o]) for name, over in specs}
+    first = specs[0][0]
+    print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}")
+    print(f"config {config} {' '.join(common)}; {steps} steps per arm, median of {reps}")
+    iters = {m: iter(loader) for m, (_, loader, _, _) in arms.items()}
+    times: dict[str, list[float]] = {m: [] for m in arms}
+    for m, (task, _, precision, _) in arms.items():          # warm-up
+        task.model.train()
+        step(task, next(iters[m]), precision)
+    for _ in range(reps):
+        for m, (task, _, precision, _) in arms.items():
+            batches = [next(iters[m]) for _ in range(steps)]
+            t0 = time.perf_counter()
+            for b in batches:
+                step(task, b, precision)
+            times[m].append((time.perf_counter() - t0) / steps)
+    ms = {m: 1000 * sorted(v)[len(v) // 2] for m, v in times.items()}
+    print(f"{'arm':<12} {'model':<18} {'precision':<10} {'ms/step':>9} {'img/s':>7} {'x ' + first:>10}")
+    for m, (_, _, precision, cfg) in arms.items():
+        print(f"{m:<12} {cfg.model.name:<18} {precision:<10} {ms[m]:>9.1f} "
+              f"{1000 * cfg.train.batch_size / ms[m]:>7.1f} {ms[m] / ms[first]:>10.2f}")
+    print("RESULT " + " ".join(f"{m}_ms={v:.1f}" for m, v in ms.items()) + " "
+          + " ".join(f"{m}_over_{first}={v / ms[first]:.2f}" for m, v in ms.items() if m != first))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
