@@ -1,6 +1,7 @@
 """What the tabs share: the loaded runs and their contained examples, an upload decoded once (upload.py) and
-predicted through run.predict (top classes; a mask and each class's area), the top class drawn on an image, the mask
-overlaid on it, prediction files to download, a generative run's samples and a generated example beside a card."""
+predicted through run.predict (top classes; a mask and each class's area; boxes in the image's own pixels), the top
+class drawn on an image, the mask overlaid on it, prediction files to download, a generative run's samples and a
+generated example beside a card."""
 from __future__ import annotations
 
 import base64
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..config import data_root
-from ..data.decode import IMAGE_EXTS, to_rgb_or_l
+from ..data.decode import IMAGE_EXTS, probe, to_rgb_or_l
 from ..engine.rundir import unfinished
 from ..run import LoadedRun, load_run, predict
 from ..utils import UserError, png_bytes
@@ -163,6 +164,52 @@ def segment_frame(app_run: AppRun, rgb: np.ndarray) -> dict:
     return segment_image(app_run, Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)))
 
 
+def display_threshold(app_run: AppRun) -> float:
+    """A detection run's display threshold (``detection.score_threshold``): predict returns the boxes scoring at
+    least this much."""
+    return float(app_run.run.cfg.detection.score_threshold)
+
+
+def detect_image(app_run: AppRun, im: Image.Image, size: tuple[int, int] | None = None) -> dict:
+    """predict's detections of a decoded image: {"boxes" float [N, 4] xyxy in the image's pixels, "scores",
+    "labels", "classes"} at the run's display threshold, best first (the same numbers as visionlab.predict gives for
+    the file). The image goes in at its own size, RGB or grey as the run's data; the pipeline letterboxes it.
+    ``size``: the file's (width, height) when ``im`` was decoded reduced (upload_size); the boxes are scaled to it."""
+    rgb = to_rgb_or_l(im, bool(app_run.run.info.preprocess.get("grayscale")))
+    result = predict(app_run.run, [np.asarray(rgb)])[0]
+    if size is not None and tuple(size) != im.size:
+        result["boxes"] = result["boxes"] * np.array([size[0] / im.width, size[1] / im.height] * 2, np.float32)
+    return result
+
+
+def detect_frame(app_run: AppRun, rgb: np.ndarray) -> dict:
+    """detect_image of a decoded RGB frame, in memory (nothing written); boxes in the frame's pixels."""
+    return detect_image(app_run, Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)))
+
+
+def upload_size(path: str | Path, im: Image.Image) -> tuple[int, int]:
+    """The (width, height) of an uploaded file as decoded at full size, EXIF turn applied: ``im``'s size unless
+    open_upload decoded a very large file reduced."""
+    size, _ = probe(path, oriented=True)
+    return tuple(size) if size else im.size
+
+
+def above(result: dict, threshold: float) -> dict:
+    """The detections of ``result`` (detect_image) scoring at least ``threshold``, order kept."""
+    keep = np.asarray(result["scores"]) >= threshold
+    return {"boxes": result["boxes"][keep], "scores": result["scores"][keep], "labels": result["labels"][keep],
+            "classes": [c for c, k in zip(result["classes"], keep) if k]}
+
+
+def best_scores(result: dict, classes: list[str]) -> dict[str, float]:
+    """Every class -> the best score among its boxes (0.0 without one): gr.Label's value, whose top class is the
+    best detection's."""
+    best = dict.fromkeys(classes, 0.0)
+    for c, p in zip(result["classes"], result["scores"]):
+        best[c] = max(best[c], float(p))
+    return best
+
+
 def sample_steps(app_run: AppRun) -> int | None:
     """The default sampling steps of a run whose task takes them (a diffusion model with DDIM); None otherwise
     (GAN, VAE, ancestral sampling over all steps)."""
@@ -241,9 +288,32 @@ def csv_cell(text: str) -> str:
     return "'" + text if text[:1] in FORMULA_START else text
 
 
+def csv_text(header: list[str], rows) -> str:
+    """A CSV file's text: the header, then ``rows`` (cells already made safe with csv_cell where they are text)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
+
+
 def top_dict(top: list[tuple[str, float]]) -> dict[str, float]:
     """gr.Label's value: class -> probability."""
     return {c: float(p) for c, p in top}
+
+
+def box_counts(result: dict) -> dict[str, int]:
+    """Class -> how many boxes of it ``result`` has (detect_image), most first."""
+    counts: dict[str, int] = {}
+    for c in result["classes"]:
+        counts[c] = counts.get(c, 0) + 1
+    return dict(sorted(counts.items(), key=lambda t: -t[1]))
+
+
+def _about(app_run: AppRun, source: str) -> dict:
+    """What every downloaded record starts with: the uploaded file's name, the run folder's name and the model's
+    display name (no server paths)."""
+    return {"file": source, "run": app_run.run.run_dir.name, "model": app_run.name}
 
 
 class Downloads:
@@ -254,16 +324,32 @@ class Downloads:
 
     def write(self, app_run: AppRun, source: str, top: list[tuple[str, float]], annotated: np.ndarray) -> list[str]:
         """prediction.json, prediction.csv and annotated.png of one prediction; returns their paths."""
-        out = self._new_folder()
-        record = {"file": source, "run": app_run.run.run_dir.name, "model": app_run.name,   # no server paths
+        record = {**_about(app_run, source),
                   "predictions": [{"rank": i + 1, "class": c, "probability": p} for i, (c, p) in enumerate(top)]}
+        rows = ([csv_cell(source), csv_cell(app_run.name), i + 1, csv_cell(c), repr(p)] for i, (c, p) in enumerate(top))
+        return self._prediction(record, csv_text(["file", "model", "rank", "class", "probability"], rows), annotated)
+
+    def write_boxes(self, app_run: AppRun, source: str, result: dict, size: tuple[int, int], threshold: float,
+                    annotated: np.ndarray) -> list[str]:
+        """prediction.json (the image's (width, height) ``size``, the score threshold, boxes per class and each
+        detection: class, score, box xyxy in the image's pixels), prediction.csv (one row per detection) and
+        annotated.png of one detection; returns their paths."""
+        boxes = [[float(v) for v in b] for b in result["boxes"]]
+        scores = [float(p) for p in result["scores"]]
+        record = {**_about(app_run, source), "image_size": list(size), "score_threshold": threshold,
+                  "classes": app_run.run.classes, "counts": box_counts(result),
+                  "detections": [{"class": c, "score": p, "box": b}
+                                 for c, p, b in zip(result["classes"], scores, boxes)]}
+        rows = ([csv_cell(source), csv_cell(app_run.name), csv_cell(c), repr(p), *map(repr, b)]
+                for c, p, b in zip(result["classes"], scores, boxes))
+        text = csv_text(["file", "model", "class", "score", "x0", "y0", "x1", "y1"], rows)
+        return self._prediction(record, text, annotated)
+
+    def _prediction(self, record: dict, csv_rows: str, annotated: np.ndarray) -> list[str]:
+        """prediction.json, prediction.csv and annotated.png in a fresh folder; returns their paths."""
+        out = self._new_folder()
         (out / "prediction.json").write_text(json.dumps(record, indent=2) + "\n")
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["file", "model", "rank", "class", "probability"])
-        w.writerows([csv_cell(source), csv_cell(app_run.name), i + 1, csv_cell(c), repr(p)]
-                    for i, (c, p) in enumerate(top))
-        (out / "prediction.csv").write_text(buf.getvalue())
+        (out / "prediction.csv").write_text(csv_rows)
         Image.fromarray(annotated).save(out / "annotated.png")
         return [str(out / n) for n in ("prediction.json", "prediction.csv", "annotated.png")]
 
@@ -276,15 +362,11 @@ class Downloads:
         areas = sorted(result["areas"].items(), key=lambda t: -t[1])
         (out / "mask.png").write_bytes(mask_png(result["mask"]))
         Image.fromarray(overlaid).save(out / "overlay.png")
-        record = {"file": source, "run": app_run.run.run_dir.name, "model": app_run.name,   # no server paths
-                  "mask_size": list(result["mask"].shape), "classes": app_run.run.classes,
+        record = {**_about(app_run, source), "mask_size": list(result["mask"].shape), "classes": app_run.run.classes,
                   "areas": [{"class": c, "share": a} for c, a in areas]}
         (out / "areas.json").write_text(json.dumps(record, indent=2) + "\n")
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["file", "model", "class", "share"])
-        w.writerows([csv_cell(source), csv_cell(app_run.name), csv_cell(c), repr(a)] for c, a in areas)
-        (out / "areas.csv").write_text(buf.getvalue())
+        rows = ([csv_cell(source), csv_cell(app_run.name), csv_cell(c), repr(a)] for c, a in areas)
+        (out / "areas.csv").write_text(csv_text(["file", "model", "class", "share"], rows))
         return [str(out / n) for n in ("mask.png", "overlay.png", "areas.json", "areas.csv")]
 
     def write_samples(self, app_run: AppRun, images: list[np.ndarray], seed: int, label: str | None,
