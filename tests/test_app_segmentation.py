@@ -175,9 +175,10 @@ def test_classification_and_segmentation_share_a_page(trashnet_run, camvid_run, 
         assert {d["api_name"] for d in config["dependencies"]} >= {"classify", "segment", "webcam_frame"}
     finally:
         downloads.close()
-    assert list(TASK_TABS) == ["classification", "ssl", "dg", "segmentation"]     # classifiers share the Image tab
-    with pytest.raises(UserError, match="the app shows classification, ssl, dg, segmentation runs.*not task=detection"):
-        tab_for("detection")
+    assert list(TASK_TABS) == ["classification", "ssl", "dg", "segmentation", "detection"]   # classifiers share a tab
+    with pytest.raises(UserError, match="the app shows classification, ssl, dg, segmentation, detection runs.*"
+                                        "not task=keypoints"):
+        tab_for("keypoints")
 
 
 def test_stream_draws_the_mask_on_each_frame(camvid_run, data_dir, tmp_path):

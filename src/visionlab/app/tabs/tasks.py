@@ -1,12 +1,13 @@
 """The one explicit task -> app pieces table: which Image tab a run's task gets, what the webcam draws on each frame
-for it, and whether its predictions get a guide's information card. A new task adds one module in tabs/ and one row below; nothing else in the app branches on task names."""
+for it, and whether its predictions get a guide's information card. A new task adds one module in tabs/ and one row
+below; nothing else in the app branches on task names."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
 from ...utils import UserError
-from . import image, segmentation
+from . import detection, image, segmentation
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ TASK_TABS = {
     "ssl": TaskTab(image.build_image_tab, image.frame_view, cards=True),      # a classifier trained on few labels
     "dg": TaskTab(image.build_image_tab, image.frame_view, cards=True),       # a classifier for unseen domains
     "segmentation": TaskTab(segmentation.build_tab, segmentation.frame_view, cards=False),
+    "detection": TaskTab(detection.build_tab, detection.frame_view, cards=False),
 }
 
 
