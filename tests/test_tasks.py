@@ -28,6 +28,10 @@ RECIPES = {     # task -> (overrides, a real image to predict, the primary metri
     # the domain head behind gradient reversal: a second head in the checkpoint, the classifier exported and served
     "dg": (["task=dg", "dg.method=dann", "data.name=pacs", "data.target_domains=[sketch]", "data.val_fraction=0.2",
             "data.limit=24", "model.pretrained=true", "train.batch_size=16"], None, "val/acc", ":"),
+    # a detector: boxes as targets, COCO mAP, boxes drawn by predict, mAP parity of the exported file
+    "detection": (["task=detection", "data.name=neu_det_boxes", "model.pretrained=true", "data.limit=24",
+                   "train.batch_size=8", "train.eval_batch_size=8", "detection.score_threshold=0.05"],
+                  DATA / "neu_det" / "images" / "scratches_1.jpg", "val/map", "_boxes.png"),
     # the two-network method: teacher and student in one checkpoint, the student evaluated, exported and served
     "ssl": (["task=ssl", "ssl.method=mpl", "data.limit=300", "data.labels_per_class=10", "train.iterations=20",
              "train.eval_every=10", "train.batch_size=16", "ssl.mu=2", "train.ema_decay=0.9"], None, "val/acc", ":"),
@@ -85,7 +89,8 @@ def test_report_eval_predict_export(task_run, tmp_path):
     md = (run_dir / "report.md").read_text()
     assert f"best {primary}" in md and "## Results" in md
     assert {"classification": "## Per-class metrics", "segmentation": "## Per-class IoU",
-            "ssl": "## Semi-supervised training", "dg": "## Per-domain results"}.get(task, "## Samples") in md
+            "ssl": "## Semi-supervised training", "dg": "## Per-domain results",
+            "detection": "## Per-class AP"}.get(task, "## Samples") in md
 
     ev = run_cli("eval", str(run_dir), "split=val")
     assert ev.returncode == 0, ev.stderr
@@ -102,6 +107,10 @@ def test_report_eval_predict_export(task_run, tmp_path):
     else:
         assert pr.returncode == 0, pr.stderr
         assert shown in pr.stdout
+    if task == "detection":                 # boxes in the photo's own pixels, as JSON too
+        found = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+        assert found[0]["image"].endswith("scratches_1.jpg")
+        assert all(0 <= v <= 200 for d in found[0]["detections"] for v in d["box"])
     if task == "segmentation":
         mask = np.asarray(Image.open(tmp_path / "pred" / f"{Path(image).stem}_mask.png"))
         assert mask.ndim == 2 and mask.max() < 11 and (tmp_path / "pred" / f"{Path(image).stem}_overlay.png").is_file()
@@ -119,7 +128,8 @@ def test_report_eval_predict_export(task_run, tmp_path):
             assert json.loads((run_dir / "eval_test-steps2.json").read_text())["overrides"] == ["ddpm.sample_steps=2"]
             assert "## FID against sampling steps" in (run_dir / "report.md").read_text()
         return
-    assert parity["metric"] == {"classification": "top1", "ssl": "top1", "dg": "top1", "segmentation": "miou"}[task]
+    assert parity["metric"] == {"classification": "top1", "ssl": "top1", "dg": "top1", "segmentation": "miou",
+                                "detection": "map"}[task]
     assert abs(parity["diff_points"]) <= 0.1 and parity["agree"] > 0.99
 
 
@@ -226,5 +236,9 @@ def test_the_apps_handler_gives_the_tasks_own_view(task_run):
     if task == "segmentation":
         assert scores.keys() == expected["areas"].keys()
         assert sum(scores.values()) == pytest.approx(1.0, abs=1e-6)
+    elif task == "detection":               # every class with its best box score; the top one is predict's top box
+        assert list(scores) == run.classes
+        if len(expected["boxes"]):
+            assert max(scores, key=scores.get) == expected["classes"][int(np.argmax(expected["scores"]))]
     else:
         assert max(scores, key=scores.get) == expected[0][0]

@@ -501,6 +501,15 @@ def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+# datasets read from another dataset's folder (the box and mask views of NEU-DET and COCO128)
+DATA_FOLDERS = {"neu_det_boxes": "neu_det", "coco128_seg": "coco128"}
+
+
+def dataset_folder(name: str) -> str:
+    """The folder under $VISIONLAB_DATA that data.name=``name`` reads."""
+    return DATA_FOLDERS.get(name, name)
+
+
 def data_root(cfg_data: DataConfig, folder: str) -> Path:
     """Where a dataset lives: data.root, else $VISIONLAB_DATA/<folder>, else ./data/<folder>."""
     if cfg_data.root:

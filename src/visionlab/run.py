@@ -326,8 +326,8 @@ def _letterboxed(arr: np.ndarray, preprocess: dict) -> np.ndarray:
 
     from .data.decode import prepare_image
 
-    size = int(preprocess["letterbox"])
-    if arr.shape[:2] == (size, size):
+    size, channels = int(preprocess["letterbox"]), 1 if preprocess.get("grayscale") else 3
+    if arr.shape[:2] == (size, size) and (arr.shape[-1] if arr.ndim == 3 else 1) == channels:
         return arr
     return prepare_image(Image.fromarray(arr[..., 0] if arr.ndim == 3 and arr.shape[-1] == 1 else arr), preprocess)
 

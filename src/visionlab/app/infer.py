@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..config import data_root
+from ..config import data_root, dataset_folder
 from ..data.decode import IMAGE_EXTS, probe, to_rgb_or_l
 from ..engine.rundir import unfinished
 from ..run import LoadedRun, load_run, predict
@@ -90,7 +90,7 @@ def example_files(run: LoadedRun, per_class: int = 1, limit: int = 12) -> list[s
     manifest = run.run_dir / "split_manifest.csv"
     if not manifest.is_file():
         return []
-    root = data_root(run.cfg.data, run.cfg.data.name)
+    root = data_root(run.cfg.data, dataset_folder(run.cfg.data.name))
     if not root.is_absolute() and _train_cwd(run.run_dir) is not None:
         root = _train_cwd(run.run_dir) / root          # a relative data root is relative to where training ran
     with manifest.open(newline="") as f:
