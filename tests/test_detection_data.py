@@ -327,3 +327,18 @@ def test_coco_json_crowd_and_unknown_category(tmp_path):
     assert _counts(table.issues) == {("crowd box", "dropped"): 1, ("unknown class", "dropped"): 1}
     assert table.boxes[0].tolist() == [[10, 10, 30, 40, 0]]
     assert [Path(k["file"]).name for k in table.skipped] == ["gone.jpg"]
+
+
+def test_box_classes_keeps_the_chosen_classes_and_counts_the_rest(box_cache):
+    """COCO128 as a people detector: only person boxes stay (class 0), the other classes' boxes are reported, and a
+    misspelt class fails before anything is decoded, naming the closest class."""
+    s = build_splits(_cfg("coco128", box_cache, root=str(COCO), image_size=160, box_classes=["person"]))
+    full = build_splits(_cfg("coco128", box_cache, root=str(COCO), image_size=160))
+    assert s.classes == ["person"]
+    kept = sum(int((getattr(s, n).boxes[..., 4] == 0).sum()) for n in ("train", "val", "test"))
+    person = full.classes.index("person")
+    assert kept == sum(int((getattr(full, n).boxes[..., 4] == person).sum()) for n in ("train", "val", "test"))
+    others = sum(int((getattr(full, n).boxes[..., 4] >= 0).sum()) for n in ("train", "val", "test")) - kept
+    assert _counts(s.label_issues).get(("class not in data.box_classes", "dropped")) == others
+    with pytest.raises(UserError, match="did you mean 'person'"):
+        build_splits(_cfg("coco128", box_cache, root=str(COCO), image_size=160, box_classes=["persn"]))

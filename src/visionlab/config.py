@@ -39,6 +39,8 @@ class DataConfig:
                                "the model's input size, else 224)", ge=0)
     pad_square: bool = opt(False, "letterbox non-square images to a square before resizing, instead of stretching")
     box_format: str = opt("", "box_folder labels: voc, coco or yolo; empty = detected from the files")
+    box_classes: list = opt([], "box datasets: keep only these classes, in this order (e.g. [person]); boxes of the "
+                                "others are dropped and counted in the data report; [] = every class")
     names: str = opt("", "box_folder class names: a YAML with `names:` or a text file with one name a line (needed "
                          "for YOLO labels; VOC/COCO: else the label names, sorted)")
     grayscale: bool = opt(False, "convert images to one channel")

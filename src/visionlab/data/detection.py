@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import data_root
-from ..utils import UserError
+from ..utils import UserError, closest
 from . import cache
 from .base import ImageSet, Splits
 from .boxes import FORMATS, Annotations, Item, detect_format, load_names, read_coco, read_voc, read_yolo
@@ -59,11 +59,13 @@ class BoxTable:
 
 # ---------------------------------------------------------------- validation
 
-def clean_boxes(item: Item, size: tuple[int, int], class_ids: dict[str, int]) -> tuple[np.ndarray, list[dict]]:
+def clean_boxes(item: Item, size: tuple[int, int], class_ids: dict[str, int],
+                left_out: frozenset = frozenset()) -> tuple[np.ndarray, list[dict]]:
     """(float32 [K, 5] rows x0, y0, x1, y1, class in pixels, issue rows) of one image of ``size`` (W, H).
 
     The one place labels are judged; it never raises. Crowd boxes, unparsable coordinates, classes not in
-    ``class_ids``, zero-area or inverted boxes and boxes wholly outside the image are dropped; boxes partly outside are
+    ``class_ids`` (``left_out``: known classes that data.box_classes does not select, reported as such), zero-area or
+    inverted boxes and boxes wholly outside the image are dropped; boxes partly outside are
     clipped to the image; exact duplicates (same class, same coordinates at 0.1 px) are dropped but one. An image left
     without boxes is kept as a negative. Rows: {"file", "issue", "action", "box"} (the box as read, in pixels; None
     when unparsable; "unknown class" rows add the "label" read), or {"file", "issue", "action", "count"} for the
@@ -83,6 +85,8 @@ def clean_boxes(item: Item, size: tuple[int, int], class_ids: dict[str, int]) ->
             report("crowd box", "dropped", raw)
         elif raw is None or not all(math.isfinite(v) for v in raw):
             report("unparsable coordinates", "dropped", None)
+        elif b.label in left_out:
+            report("class not in data.box_classes", "dropped", raw, label=b.label)
         elif b.label not in class_ids:
             report("unknown class", "dropped", raw, label=b.label)
         elif raw[2] <= raw[0] or raw[3] <= raw[1]:
@@ -143,11 +147,26 @@ def _relative(path: Path, root: Path, fallback: str) -> str:
         return fallback
 
 
-def _build_table(root: Path, fmt: str, names, classes) -> tuple[dict, dict]:
+def select_classes(classes: list[str], wanted: list) -> list[str]:
+    """``wanted`` (data.box_classes) checked against the dataset's classes, in the order given; [] keeps them all."""
+    wanted = [str(c) for c in wanted or []]
+    unknown = [c for c in wanted if c not in classes]
+    if unknown:
+        hints = [f"{c!r} (did you mean {closest(c, classes)!r}?)" if closest(c, classes) else repr(c) for c in unknown]
+        raise UserError(f"data.box_classes names classes this dataset does not have: {', '.join(hints)}; it has "
+                        f"{', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}")
+    if len(set(wanted)) != len(wanted):
+        raise UserError(f"data.box_classes={wanted} names a class twice")
+    return wanted or list(classes)
+
+
+def _build_table(root: Path, fmt: str, names, classes, wanted=()) -> tuple[dict, dict]:
     """Read, size and clean every image's labels: (arrays, meta) for the cache."""
     ann, found = read_labels(root, fmt, names)
-    classes = list(classes or found)
+    every = list(classes or found)
+    classes = select_classes(every, list(wanted))
     class_ids = {c: i for i, c in enumerate(classes)}
+    left_out = frozenset(every) - set(classes)
     skipped = [{"file": str(root / m["name"]), "reason": m["reason"]} for m in ann.missing + ann.bad]
     items = sorted([(_relative(it.path, root, it.name), it) for it in ann.items]
                    + [(rel, None) for rel in ann.unlabeled], key=lambda t: t[0])
@@ -163,7 +182,7 @@ def _build_table(root: Path, fmt: str, names, classes) -> tuple[dict, dict]:
                                                              "count": 0}]
         else:
             it.name = rel
-            boxes, issues = clean_boxes(it, size, class_ids)
+            boxes, issues = clean_boxes(it, size, class_ids, left_out)
         out["names"].append(rel)
         out["paths"].append(str(path))
         out["sizes"].append((size[1], size[0]))
@@ -180,9 +199,11 @@ def _build_table(root: Path, fmt: str, names, classes) -> tuple[dict, dict]:
 def box_table(cfg, name: str, root: Path, fmt: str, names=None, classes=None) -> BoxTable:
     """The cleaned labels of every image under ``root`` (cached; any changed file under root gives a new key)."""
     names_id = cache.file_identity([names]) if names and Path(names).is_file() else str(names)   # load_names says why
-    key = cache.make_key(name, fmt, _tree_identity(root), names_id, classes)
-    slot = cache.make_key(name, str(root.resolve()), "labels")
-    arrays, meta, _ = cache.cached(cfg, name + "-labels", slot, key, lambda: _build_table(root, fmt, names, classes))
+    wanted = list(cfg.box_classes or [])
+    key = cache.make_key(name, fmt, _tree_identity(root), names_id, classes, wanted)
+    slot = cache.make_key(name, str(root.resolve()), "labels", wanted)
+    arrays, meta, _ = cache.cached(cfg, name + "-labels", slot, key,
+                                   lambda: _build_table(root, fmt, names, classes, wanted))
     boxes = np.split(arrays["boxes"], np.cumsum(arrays["counts"])[:-1]) if len(arrays["counts"]) else []
     return BoxTable(meta["names"], meta["paths"], arrays["sizes"], boxes, meta["classes"], meta["issues"],
                     meta["skipped"])
