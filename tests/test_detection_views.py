@@ -93,9 +93,9 @@ def test_draw_boxes_pixels():
     assert det.draw_boxes(image, np.zeros((0, 4))).shape == (60, 80, 3)
 
 
-def _summary(flat: bool = False) -> dict:
+def _summary() -> dict:
     """summary.json as the pipeline writes it (the matrix as "box_confusion", counts and thresholds under
-    "evaluation"), or ``flat``: DetectionMetrics.compute()'s own keys at the top level."""
+    "evaluation")."""
     curve = np.linspace(1.0, 0.5, 101)
     curve[80:] = -1                                              # recall never reached
     evaluation = {"n_images": 5, "n_gt": 21, "n_detections": 180, "eval_score_threshold": 0.001,
@@ -112,8 +112,6 @@ def _summary(flat: bool = False) -> dict:
         "confusion_labels": CLASSES + ["background"],
     }
     matrix = [[8, 1, 0, 3], [0, 6, 0, 3], [0, 0, 0, 0], [4, 2, 1, 0]]
-    if flat:
-        return {**s, **evaluation, "confusion": matrix}
     return {**s, "evaluation": evaluation, "box_confusion": matrix}
 
 
@@ -125,9 +123,8 @@ def _errors(path, k: int = 3) -> None:
              conf=np.array([0.5, 0.2, 0.6], np.float32), index=np.arange(k, dtype=np.int64))
 
 
-@pytest.mark.parametrize("flat", [False, True])
-def test_sections_write_their_figures_and_tables(tmp_path, flat):
-    write_json(tmp_path / "summary.json", _summary(flat))
+def test_sections_write_their_figures_and_tables(tmp_path):
+    write_json(tmp_path / "summary.json", _summary())
     _errors(tmp_path / "errors.npz")
     info = load_run_files(tmp_path)
     out = dict(view_for("detection").sections(info, CLASSES))

@@ -237,19 +237,8 @@ def plot_pr_curves(pr_curves: list, per_class_ap: list, path: Path) -> int:
 # ---------------------------------------------------------------- report sections
 
 def _value(s: dict, key: str):
-    """A summary entry: under "evaluation" (the counts and thresholds), plainly, or as a number of the evaluated split
-    (``test/<key>``)."""
-    evaluation = s.get("evaluation") if isinstance(s.get("evaluation"), dict) else {}
-    for found in (evaluation, s):
-        if key in found:
-            return found[key]
-    return s.get(f"{s.get('split', 'test')}/{key}")
-
-
-def _confusion(s: dict):
-    """The box confusion matrix: "box_confusion" (so the generic confusion-matrix section does not take it), or
-    "confusion"."""
-    return s.get("box_confusion") or s.get("confusion")
+    """One of the evaluation's counts and thresholds (tasks/detection.py keeps them under "evaluation")."""
+    return (s.get("evaluation") or {}).get(key)
 
 
 def protocol_text(s: dict) -> str:
@@ -265,21 +254,12 @@ def protocol_text(s: dict) -> str:
             f"{fmt(_value(s, 'display_score_threshold'))} (the display threshold).")
 
 
-def _class_names(s: dict, classes: list[str]) -> list[str]:
-    """The detection classes: from per_class_ap, else confusion_labels without background, else ``classes``."""
-    if s.get("per_class_ap"):
-        return [str(p["class"]) for p in s["per_class_ap"]]
-    if s.get("confusion_labels"):
-        return [str(c) for c in s["confusion_labels"][:-1]]
-    return list(classes)
-
-
 def sections(info: dict, classes: list[str]) -> list:
     """Protocol, per-class AP (table, ap_per_class.png), PR curves (pr_curves.png), the confusion matrix with
     background (det_confusion.png) and the worst-images gallery (det_gallery.png), for what the run has."""
     s, run_dir, out = info["summary"], info["run_dir"], []
-    names = _class_names(s, classes)
-    if _value(s, "map") is not None or s.get("per_class_ap"):
+    names = [str(p["class"]) for p in s.get("per_class_ap") or []] or list(classes)
+    if s.get("per_class_ap"):
         out.append(("Detection protocol", [("text", protocol_text(s))]))
     pcs = s.get("per_class_ap") or []
     if pcs:
@@ -299,9 +279,9 @@ def sections(info: dict, classes: list[str]) -> list:
             ("text", f"{drawn} classes at IoU 0.5: COCO's interpolated precision (the best precision at this recall "
                      f"or beyond) at 101 recall points; a curve ends where the class's recall ends.{note}"),
             ("image", "pr_curves.png", "precision-recall curves")]))
-    if _confusion(s):
+    if s.get("box_confusion"):
         labels = [str(c) for c in s.get("confusion_labels") or [*names, BACKGROUND]]
-        plots.plot_confusion(_confusion(s), labels, run_dir / "det_confusion.png")
+        plots.plot_confusion(s["box_confusion"], labels, run_dir / "det_confusion.png")
         out.append(("Detection confusion matrix", [
             ("text", f"Detections with score >= {fmt(_value(s, 'display_score_threshold'))} matched to ground-truth "
                      "boxes at IoU >= 0.5 (greedy by score, own class first, else the best-overlapping box of "
