@@ -125,6 +125,16 @@ class DetectionTask(Task):
         return Prediction("boxes", boxes=[{k: v.cpu() for k, v in d.items()}
                                           for d in self._detect(images, self.p.score_threshold)])
 
+    def export_module(self) -> nn.Module:
+        """uint8 [1, S, S, C] letterboxed canvas -> (boxes float [N, 4] canvas pixels, scores [N], labels int64 [N]
+        0-based), NMS and the top ``max_detections`` inside (deploy.export.DetectorExport). It keeps every score >=
+        the evaluation threshold (or the display one when lower), so an export's mAP is the run's; what people see is
+        its output at ``detection.score_threshold``."""
+        from ..deploy.export import wrap_detector
+
+        score = min(self.p.eval_score_threshold, self.p.score_threshold)
+        return wrap_detector(self._net(), to_float, score, self.p.nms_iou, self.p.max_detections)
+
     def flops_per_image(self) -> int:
         from ..models import count_flops
 
