@@ -1,14 +1,16 @@
 """Latency benchmark of a run's model on this machine: eager fp32, eager channels_last + bf16 autocast,
 TorchScript, ONNX Runtime fp32 and int8 -> RUN_DIR/bench.json and bench.md (missing exports are made on the fly).
-On a CPU without native bf16 (no avx512_bf16/amx_bf16 flag) the bf16 row is kept and marked as emulated."""
+On a CPU without native bf16 (no avx512_bf16/amx_bf16 flag) the bf16 row is kept and marked as emulated.
+A detection run is timed one image per call (its export's fixed batch), NMS included, without int8 (not exported)."""
 from __future__ import annotations
 
 import copy
 import numpy as np
 import torch
 
+from visionlab.deploy.export import export_spec
 from visionlab.deploy.latency import bf16_note, machine_info, measure
-from visionlab.views.export_run import as_run, runner
+from visionlab.views.export_run import FILES, as_run, backends_for, module_runner, runner
 from visionlab.utils import UserError, atomic_write_text, write_json
 
 BACKENDS = ("eager-fp32", "eager-bf16-cl", "torchscript", "onnx", "onnx-int8")
@@ -20,11 +22,11 @@ LABELS = {"eager-fp32": "eager fp32", "eager-bf16-cl": "eager channels_last + bf
 def _bf16_runner(run):
     """The eval path with the model in channels_last and bf16 autocast (a copy: the run's model stays fp32)."""
     module = copy.deepcopy(run.task.export_module()).to(memory_format=torch.channels_last).eval()
+    run_module = module_runner(module)              # export modules return float32 outputs
 
-    @torch.inference_mode()
-    def fn(images: np.ndarray) -> np.ndarray:
+    def fn(images: np.ndarray):
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            return module(torch.from_numpy(images)).float().numpy()
+            return run_module(images)
 
     return fn
 
@@ -40,7 +42,9 @@ def bench_run(run_dir, batch_sizes=(1, 32), iters: int = 30, warmup: int = 3, ba
               max_seconds: float = 10.0) -> dict:
     """Time every backend at every batch size on seeded random uint8 images of the run's input shape (latency
     does not depend on pixel values); writes RUN_DIR/bench.json and bench.md and returns the bench.json dict.
-    ``max_seconds`` caps the timed loop of one (backend, batch size) so a slow backend cannot stall the bench."""
+    ``max_seconds`` caps the timed loop of one (backend, batch size) so a slow backend cannot stall the bench.
+    A run whose export takes a fixed batch (a detector: one image) is timed at that batch only, and backends it does
+    not export to (int8 for a detector) are left out with a note."""
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise UserError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
@@ -51,7 +55,13 @@ def bench_run(run_dir, batch_sizes=(1, 32), iters: int = 30, warmup: int = 3, ba
     rng = np.random.default_rng(0)
     machine = machine_info()
     notes = {"eager-bf16-cl": bf16_note(machine["bf16_native"])}      # why a slow bf16 row is slow
-    fns = _runners(run, backends)
+    fixed = export_spec(run.task.export_module())[0]
+    if fixed:
+        batch_sizes = (fixed,)
+    for b in backends:
+        if b in FILES and b not in backends_for(run):
+            notes[b] = f"not measured: task={run.cfg.task} runs do not export to it"
+    fns = _runners(run, [b for b in backends if b not in FILES or b in backends_for(run)])
     rows = []
     for bs in batch_sizes:
         batch = rng.integers(0, 256, (bs, h, w, run.info.channels), dtype=np.uint8)
@@ -62,7 +72,7 @@ def bench_run(run_dir, batch_sizes=(1, 32), iters: int = 30, warmup: int = 3, ba
               "settings": {"iters": iters, "warmup": warmup, "max_seconds": max_seconds,
                            "batch_sizes": list(batch_sizes)},
               "model": run.cfg.model.name, "results": rows,
-              "notes": [LABELS[b] + ": " + n for b, n in notes.items() if n and b in fns]}
+              "notes": [LABELS[b] + ": " + n for b, n in notes.items() if n and b in backends]}
     write_json(run.run_dir / "bench.json", result)
     atomic_write_text(run.run_dir / "bench.md", format_bench(result, markdown=True) + "\n")
     return result

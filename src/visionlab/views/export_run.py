@@ -1,6 +1,9 @@
 """Export a run (ONNX, int8 ONNX, TorchScript) with accuracy parity on its test split, and run any backend on raw
 frames (frame_classifier, used by the video stream). Files go to RUN_DIR/export/; RUN_DIR/export.json records each
-file's sha256 when it is written (a TorchScript file is loaded only when it still matches) and the parity."""
+file's sha256 when it is written (a TorchScript file is loaded only when it still matches) and the parity.
+
+Detection runs export one letterboxed canvas per call -> (boxes, scores, labels) (tasks.detection export_module);
+their parity is COCO mAP plus the share of eager detections each backend reproduces (``detection_parity``)."""
 from __future__ import annotations
 
 import time
@@ -12,17 +15,21 @@ import torch
 from PIL import Image
 
 from visionlab.data import build_splits
-from visionlab.data.decode import convert_array, letterbox, to_rgb_or_l, try_load
+from visionlab.data.box_transforms import unpad
+from visionlab.data.decode import convert_array, letterbox, letterbox_top_left, to_rgb_or_l, try_load
 from visionlab.data.split import limit_indices
-from visionlab.deploy.export import DEFAULT_OPSET, export_onnx, export_torchscript, quantize_onnx
+from visionlab.deploy.export import DEFAULT_OPSET, export_onnx, export_spec, export_torchscript, quantize_onnx
+from visionlab.metrics.detection import DetectionMetrics
 from visionlab.metrics.segmentation import SegmentationMetrics
-from visionlab.deploy.runtime import file_sha256, load_torchscript, onnx_runner, softmax, torch_runner
+from visionlab.deploy.runtime import file_sha256, load_torchscript, onnx_runner, ort_session, softmax
 from visionlab.run import LoadedRun, _eval_loader, load_run
 from visionlab.utils import ConfigError, UserError, read_json, write_json
 
 FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "torchscript": "model.torchscript.pt"}
 BACKENDS = ("eager",) + tuple(FILES)
 CALIBRATION_IMAGES = 128         # train images for int8 calibration; 64 missed rare large activations here
+AGREE_IOU, AGREE_SCORE = 0.9, 0.01     # an eager detection is reproduced: same class, IoU >= 0.9, score within 0.01
+AGREE_PX = 0.5                         # ... or, for zero-area boxes (IoU 0/0), every coordinate within 0.5 px
 METHODS = {"onnx": "torch.onnx.export (legacy TorchScript-based exporter), fp32",
            "onnx-int8": "onnxruntime quantize_static: QDQ, per-channel int8 weights, uint8 activations, "
                         "min-max calibration",
@@ -52,6 +59,16 @@ def _calibration(run: LoadedRun, n: int = CALIBRATION_IMAGES, splits=None) -> np
     return np.stack(arrays) if arrays else np.zeros((0,), np.uint8)
 
 
+def output_names(run: LoadedRun) -> list[str]:
+    """The names of what the run's export returns: ["logits"], or e.g. ["boxes", "scores", "labels"]."""
+    return export_spec(run.task.export_module())[1]
+
+
+def backends_for(run_dir) -> tuple[str, ...]:
+    """The backends a run exports to: all of BACKENDS, less int8 for a module with several outputs (a detector)."""
+    return BACKENDS if len(output_names(as_run(run_dir))) == 1 else tuple(b for b in BACKENDS if b != "onnx-int8")
+
+
 def export(run_dir, backend: str, opset: int = DEFAULT_OPSET, calibration: np.ndarray | None = None) -> Path:
     """Write one export of the run (``backend``: onnx | onnx-int8 | torchscript); returns the file path.
     onnx-int8 quantizes model.onnx (exported first when missing or stale) with ``calibration`` images
@@ -59,6 +76,9 @@ def export(run_dir, backend: str, opset: int = DEFAULT_OPSET, calibration: np.nd
     run = as_run(run_dir)
     path = export_path(run.run_dir, backend)
     info, size = run.info, tuple(run.info.image_size)
+    if backend not in backends_for(run):
+        raise UserError(f"{run.run_dir}: format={backend} is not available for task={run.cfg.task} runs; use "
+                        f"{' or '.join(f'format={b}' for b in backends_for(run) if b != 'eager')}")
     if backend == "onnx-int8":
         src = export_path(run.run_dir, "onnx")
         if _stale(run, src):
@@ -118,30 +138,42 @@ def ensure_export(run_dir, backend: str) -> Path:
     return export(run, backend) if _stale(run, path) else path
 
 
-def runner(run_dir, backend: str) -> Callable[[np.ndarray], np.ndarray]:
+def module_runner(module) -> Callable[[np.ndarray], np.ndarray | tuple]:
+    """uint8 NHWC numpy batch -> the module's output as numpy: one array, or a tuple (a module with several
+    outputs); for eager modules and loaded TorchScript alike (CPU)."""
+
+    @torch.inference_mode()
+    def run(images: np.ndarray):
+        out = module(torch.from_numpy(np.require(images, np.uint8, "CW")))    # writable: torch shares it
+        return tuple(o.numpy() for o in out) if isinstance(out, (tuple, list)) else out.numpy()
+
+    return run
+
+
+def runner(run_dir, backend: str) -> Callable[[np.ndarray], np.ndarray | tuple]:
     """uint8 NHWC numpy batch (the run's input size) -> float32 logits (per image, or per pixel for segmentation),
-    for eager or an exported backend."""
+    for eager or an exported backend. A detection run: one image [1, S, S, C] -> (boxes, scores, labels) arrays."""
     run = as_run(run_dir)
     if backend == "eager":
-        module = run.task.export_module()                        # the training code's own eval path, fp32
-
-        @torch.inference_mode()
-        def eager(images: np.ndarray) -> np.ndarray:
-            return module(torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))).numpy()
-        return eager
+        return module_runner(run.task.export_module())          # the training code's own eval path, fp32
     if backend not in FILES:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     path = ensure_export(run, backend)
     if backend == "torchscript":                                 # pickled code inside: only our own file
-        return torch_runner(load_torchscript(path, sha256=recorded_sha256(run.run_dir, backend)))
-    return onnx_runner(path)
+        return module_runner(load_torchscript(path, sha256=recorded_sha256(run.run_dir, backend)))
+    if len(output_names(run)) == 1:
+        return onnx_runner(path)
+    sess = ort_session(path)
+    name = sess.get_inputs()[0].name
+    return lambda images: tuple(sess.run(None, {name: np.ascontiguousarray(images, dtype=np.uint8)}))
 
 
 # ---- raw frames (video stream, app) ------------------------------------------------------------------------------
 
 def frame_preprocess(run_dir) -> Callable[[np.ndarray], np.ndarray]:
     """uint8 HxWx3 RGB (any size; also HxW gray or HxWx4) -> uint8 HxWxC at the run's input size, with the data
-    pipeline's own steps (data/decode.py: mode conversion, letterbox when pad_square, PIL bilinear resize)."""
+    pipeline's own steps (data/decode.py: mode conversion, the detection canvas (letterbox_top_left), letterbox when
+    pad_square, PIL bilinear resize)."""
     run = as_run(run_dir)
     pre = dict(run.info.preprocess)
     h, w = run.info.image_size
@@ -152,6 +184,8 @@ def frame_preprocess(run_dir) -> Callable[[np.ndarray], np.ndarray]:
 
     def prepare(frame: np.ndarray) -> np.ndarray:
         im = to_rgb_or_l(Image.fromarray(np.asarray(frame, dtype=np.uint8)), gray)
+        if pre.get("letterbox"):                             # detection: long side S at the canvas' top-left
+            im = letterbox_top_left(im, int(pre["letterbox"]))
         if pre.get("pad_square"):
             im = letterbox(im)
         arr = np.asarray(im, dtype=np.uint8)
@@ -202,11 +236,69 @@ def _score(logits: np.ndarray, y: np.ndarray) -> tuple[str, float]:
     return "top1", float((logits.argmax(1) == y).mean())
 
 
+def _detections(run: LoadedRun, backends: list[str], test) -> tuple[dict, list[dict]]:
+    """Every test image's detections from eager and each backend (one image per call), plus its true boxes."""
+    runs = {b: runner(run, b) for b in ["eager"] + backends}
+    out, targets = {b: [] for b in runs}, []
+    for images, boxes in _eval_loader(test, run.cfg, run.info):
+        for image, target in zip(images.numpy(), unpad(boxes)):
+            for b, fn in runs.items():
+                xyxy, scores, labels = fn(image[None])
+                out[b].append({"boxes": torch.from_numpy(xyxy), "scores": torch.from_numpy(scores),
+                               "labels": torch.from_numpy(labels)})
+            targets.append(target)
+    if not targets:
+        raise UserError(f"{run.run_dir}: the test split is empty; nothing to compare the export against")
+    return out, targets
+
+
+def _reproduced(ref: dict, other: dict, threshold: float) -> tuple[int, int, float]:
+    """(eager detections at ``threshold`` that ``other`` reproduces (same class, IoU >= AGREE_IOU, score within
+    AGREE_SCORE; a zero-area box, whose IoU is undefined: coordinates within AGREE_PX), how many there are, the
+    largest box coordinate difference in px among the reproduced)."""
+    from torchvision.ops import box_iou
+
+    keep = ref["scores"] >= threshold
+    boxes, scores, labels = ref["boxes"][keep], ref["scores"][keep], ref["labels"][keep]
+    if not len(boxes) or not len(other["boxes"]):
+        return 0, len(boxes), 0.0
+    iou, diff = box_iou(boxes, other["boxes"]), (boxes[:, None] - other["boxes"][None]).abs().amax(2)
+    ok = torch.where(iou.isnan(), diff <= AGREE_PX, iou >= AGREE_IOU) & (labels[:, None] == other["labels"][None]) \
+        & ((scores[:, None] - other["scores"][None]).abs() <= AGREE_SCORE)
+    diff = diff.masked_fill(~ok, float("inf")).amin(1)
+    found = ok.any(1)
+    return int(found.sum()), len(boxes), float(diff[found].max()) if found.any() else 0.0
+
+
+def detection_parity(run: LoadedRun, backends: list[str], test) -> dict:
+    """Per backend: COCO mAP (metrics.detection, the run's evaluation thresholds) of eager fp32 and of the export on
+    ``test``, their difference in points, "agree" (the share of eager detections at the display threshold that the
+    export reproduces; 1.0 when there are none) and the largest box difference among those (px)."""
+    dets, targets = _detections(run, backends, test)
+    p = run.cfg.detection
+    res, scores = {}, {}
+    for b in ["eager"] + backends:
+        m = DetectionMetrics(run.classes, p.eval_score_threshold, p.score_threshold, p.max_detections)
+        m.update(dets[b], targets)
+        scores[b] = float(m.compute()["map"])
+    for b in backends:
+        counts = [_reproduced(ref, d, p.score_threshold) for ref, d in zip(dets["eager"], dets[b])]
+        found, total = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        res[b] = {"metric": "map", "map": scores[b], "eager_map": scores["eager"],
+                  "diff_points": 100.0 * (scores[b] - scores["eager"]), "agree": found / total if total else 1.0,
+                  "eager_detections": total, "max_box_diff_px": max(c[2] for c in counts),
+                  "test_images": len(targets)}
+    return res
+
+
 def parity(run: LoadedRun, backends: list[str], test=None) -> dict:
     """Per backend: the task's score (top-1, or mIoU for segmentation; named by "metric") of eager fp32 and of the
     export on the test split, their difference in points, the fraction of identical argmax predictions (images or
-    pixels) and the max |logit difference|."""
-    logits, y = _test_logits(run, backends, test if test is not None else build_splits(run.cfg.data).test)
+    pixels) and the max |logit difference|. Detection runs: ``detection_parity``."""
+    test = test if test is not None else build_splits(run.cfg.data).test
+    if run.task.target == "boxes":
+        return detection_parity(run, backends, test)
+    logits, y = _test_logits(run, backends, test)
     ref = logits["eager"]
     metric, eager_score = _score(ref, y)
     res = {}
@@ -250,11 +342,13 @@ def export_run(run_dir, formats: list[str], opset: int = DEFAULT_OPSET,
 
 
 def format_parity(results: dict) -> str:
-    """A short fixed-width table of export_run results."""
+    """A short fixed-width table of export_run results (the last difference: max |logit| difference, or for
+    detection the largest box coordinate difference in px among the reproduced detections)."""
     m = next(iter(results.values()))["metric"] if results else "top1"
+    key, head = ("max_box_diff_px", "max|dbox|px") if m == "map" else ("max_abs_logit_diff", "max|dlogit|")
     lines = [f"{'format':<12} {'eager ' + m:>10} {'export ' + m:>11} {'diff (pts)':>10} {'agree':>8} "
-             f"{'max|dlogit|':>11} {'MB':>7}"]
+             f"{head:>11} {'MB':>7}"]
     for fmt, r in results.items():
         lines.append(f"{fmt:<12} {100 * r['eager_' + m]:>9.2f}% {100 * r[m]:>10.2f}% {r['diff_points']:>+10.2f} "
-                     f"{100 * r['agree']:>7.2f}% {r['max_abs_logit_diff']:>11.2e} {r['bytes'] / 1e6:>7.2f}")
+                     f"{100 * r['agree']:>7.2f}% {r[key]:>11.2e} {r['bytes'] / 1e6:>7.2f}")
     return "\n".join(lines)
