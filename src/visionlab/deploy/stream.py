@@ -28,8 +28,9 @@ KNOBS = {"capture": "a smaller capture size (capture=WxH; a camera may also be c
 class FrameClassifier:
     """A whole-frame classifier in the loop's stages: ``prepare`` (uint8 RGB frame -> uint8 model input,
     e.g. export_run.frame_preprocess), ``run_batch`` (uint8 NHWC -> logits, any backend), class names.
-    The loop's frame-model contract (FrameSegmenter has it too): preprocess, infer, postprocess -> the result,
-    summary(result) -> (label, score) for frames.csv, draw(frame, result) for the task's own picture."""
+    The loop's frame-model contract (FrameSegmenter and FrameDetector have it too): preprocess, infer, postprocess ->
+    the result, summary(result) -> (label, score) for frames.csv, boxes(result) -> the frame's boxes for frames.csv
+    (x1, y1, x2, y2, score, name) in frame pixels, draw(frame, result) for the task's own picture."""
 
     def __init__(self, prepare: Callable, run_batch: Callable, classes: list[str], name: str = "classifier"):
         import cv2
@@ -50,6 +51,10 @@ class FrameClassifier:
 
     def summary(self, result: tuple[str, float]) -> tuple[str, float]:
         return result
+
+    def boxes(self, result) -> list[tuple]:
+        """None of its own: a whole-frame model finds no boxes."""
+        return []
 
     def draw(self, frame: np.ndarray, result) -> None:
         """Nothing of its own: the banner (module-level ``draw``) shows the top class and its probability."""
@@ -81,6 +86,51 @@ class FrameSegmenter(FrameClassifier):
         self.cv2.addWeighted(self.bgr[full], self.alpha, frame, 1 - self.alpha, 0, dst=frame)
 
 
+class FrameDetector(FrameClassifier):
+    """A trained detector in the loop's stages: preprocess puts the RGB frame on the run's letterboxed canvas
+    (``prepare``: long side S at the top-left, e.g. export_run.frame_preprocess), infer runs the backend on it
+    (``run_batch``: uint8 [1, S, S, C] -> boxes in canvas pixels, scores, labels 0-based), postprocess keeps the
+    scores >= ``score_threshold`` and maps the boxes back to frame pixels (box / letterbox scale, clipped); draw puts
+    them on the frame in ``colors`` (uint8 [>= num_classes, 3] RGB, views.detection.class_colors) with class and
+    score. frames.csv gets the best box's class and score, and every box."""
+
+    def __init__(self, prepare: Callable, run_batch: Callable, classes: list[str], colors: np.ndarray,
+                 canvas: int, score_threshold: float, name: str = "detector"):
+        super().__init__(prepare, run_batch, classes, name)
+        self.bgr = [tuple(int(v) for v in c) for c in np.asarray(colors, np.uint8)[:, ::-1]]   # frames are BGR
+        self.canvas, self.score_threshold = int(canvas), float(score_threshold)
+
+    def preprocess(self, frame_bgr: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        return super().preprocess(frame_bgr), frame_bgr.shape[:2]
+
+    def infer(self, x: tuple[np.ndarray, tuple[int, int]]) -> tuple[tuple, tuple[int, int]]:
+        canvas, size = x
+        return self.run_batch(canvas[None]), size
+
+    def postprocess(self, out: tuple[tuple, tuple[int, int]]) -> dict:
+        """{"boxes" float [N, 4] xyxy in frame pixels, "scores" [N], "labels" int64 [N]}, best first."""
+        (boxes, scores, labels), (h, w) = out
+        keep = np.flatnonzero(np.asarray(scores) >= self.score_threshold)
+        keep = keep[np.argsort(-scores[keep], kind="stable")]
+        xyxy = np.asarray(boxes, np.float32)[keep] * (max(h, w) / self.canvas)     # / data.decode.letterbox_scale
+        np.clip(xyxy[:, 0::2], 0, w, out=xyxy[:, 0::2])
+        np.clip(xyxy[:, 1::2], 0, h, out=xyxy[:, 1::2])
+        return {"boxes": xyxy, "scores": np.asarray(scores, np.float32)[keep],
+                "labels": np.asarray(labels, np.int64)[keep]}
+
+    def summary(self, result: dict) -> tuple[str | None, float | None]:
+        if not len(result["scores"]):
+            return None, None
+        return self.classes[int(result["labels"][0])], float(result["scores"][0])
+
+    def boxes(self, result: dict) -> list[tuple]:
+        return [(*(round(float(v), 1) for v in b), round(float(s), 4), self.classes[int(k)])
+                for b, s, k in zip(result["boxes"], result["scores"], result["labels"])]
+
+    def draw(self, frame: np.ndarray, result: dict) -> None:
+        draw_boxes(frame, self.boxes(result), [self.bgr[int(k) % len(self.bgr)] for k in result["labels"]])
+
+
 @dataclass
 class StreamResult:
     """Per-frame rows (stage times in ms, detections, label) and the timed wall clock after warm-up."""
@@ -92,15 +142,25 @@ class StreamResult:
     stopped_by_user: bool = False
 
 
+def draw_boxes(frame: np.ndarray, dets: list, colors: list | None = None) -> np.ndarray:
+    """``dets`` (x1, y1, x2, y2, score, name) drawn on the BGR ``frame`` in place: a rectangle and "name score" above
+    it, in one BGR colour per box (``colors``; default green)."""
+    import cv2
+
+    for i, (x1, y1, x2, y2, s, name) in enumerate(dets):
+        color = colors[i] if colors else (0, 220, 0)
+        p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
+        cv2.rectangle(frame, p1, p2, color, 2)
+        cv2.putText(frame, f"{name} {s:.2f}", (p1[0], max(12, p1[1] - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    color, 1, cv2.LINE_AA)
+    return frame
+
+
 def draw(frame: np.ndarray, dets: list, label: str | None, score: float | None, fps: float | None) -> np.ndarray:
     """Boxes with label and score, the frame's class (if any) and the running FPS, drawn on ``frame`` in place."""
     import cv2
 
-    for x1, y1, x2, y2, s, name in dets:
-        p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
-        cv2.rectangle(frame, p1, p2, (0, 220, 0), 2)
-        cv2.putText(frame, f"{name} {s:.2f}", (p1[0], max(12, p1[1] - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                    (0, 220, 0), 1, cv2.LINE_AA)
+    draw_boxes(frame, dets)
     text = " | ".join(t for t in (f"{label} {score:.2f}" if label else "", f"{fps:.1f} fps" if fps else "") if t)
     if text:
         cv2.rectangle(frame, (0, 0), (9 * len(text) + 8, 22), (0, 0, 0), -1)
@@ -113,7 +173,8 @@ def run_stream(source, detector=None, classifier=None, writer=None, display=None
     """Process frames of ``source`` (deploy.video.FrameSource) until it ends or ``max_frames``; every frame is
     processed (none dropped, no sleeping), so the frame rate is what the pipeline itself sustains.
     ``detector`` has preprocess/infer/postprocess; ``classifier`` is the run's frame model (FrameClassifier,
-    FrameSegmenter); ``writer``/``display`` take annotated frames.
+    FrameSegmenter, FrameDetector; its boxes join the detector's in frames.csv); ``writer``/``display`` take
+    annotated frames.
     The first ``warmup`` frames (lazy initialisation, first-call compilation) are logged but left out of the stats."""
     res = StreamResult(warmup=warmup, t_start=time.perf_counter())
     try:
@@ -143,6 +204,7 @@ def _loop(res: StreamResult, source, detector, classifier, writer, display, max_
         dets = detector.postprocess(rd, xd[1]) if detector else []
         out = classifier.postprocess(rc) if classifier else None
         label, score = classifier.summary(out) if classifier else (None, None)
+        found = dets + classifier.boxes(out) if classifier else dets
         t.append(clock())
         done = len(res.rows) - warmup
         fps = done / (t[0] - res.t_start) if done > 0 else None
@@ -155,7 +217,7 @@ def _loop(res: StreamResult, source, detector, classifier, writer, display, max_
         if display is not None and not display.show(frame):
             res.stopped_by_user = True
         t.append(clock())
-        res.rows.append(_row(len(res.rows), t, dets, label, score))
+        res.rows.append(_row(len(res.rows), t, found, label, score))
         if res.stopped_by_user:
             break
 

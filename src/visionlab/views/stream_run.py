@@ -1,7 +1,8 @@
 """Video streams end to end: build the pipeline from a run (classification: the top class per frame; segmentation:
-the mask overlaid on each frame; any export backend; FRAME_MODELS is the one task -> frame model table) and/or a
-detector, run it over a webcam, video file or image folder into OUT (annotated video, frames.csv, stream.json), and
-sweep capture size x detector input size -> true FPS and detections (sweep.csv + sweep.md)."""
+the mask overlaid on each frame; detection: the run's boxes on each frame; any export backend; FRAME_MODELS is the
+one task -> frame model table) and/or a detector (HOG, Haar, MTCNN), run it over a webcam, video file or image folder
+into OUT (annotated video, frames.csv, stream.json), and sweep capture size x detector input size -> true FPS and
+detections (sweep.csv + sweep.md)."""
 from __future__ import annotations
 
 import csv
@@ -13,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from visionlab.deploy.detectors import build_detector
-from visionlab.deploy.stream import FrameClassifier, FrameSegmenter, run_stream, save_stream, summarize
+from visionlab.deploy.stream import FrameClassifier, FrameDetector, FrameSegmenter, run_stream, save_stream, summarize
 from visionlab.deploy.video import FrameSource, VideoWriter, build_display, parse_size, target_size
 from visionlab.utils import ConfigError, UserError, atomic_write_text
 
@@ -68,9 +69,21 @@ def build_segmenter(run, backend: str = "eager") -> FrameSegmenter:
     return FrameSegmenter(prepare, runner(run, backend), run.classes, palette(len(run.classes)), name=backend)
 
 
+def build_frame_detector(run, backend: str = "eager") -> FrameDetector:
+    """The run's detector on whole frames: the frame on the run's letterboxed canvas (export_run.frame_preprocess)
+    as preprocess, the backend (eager | torchscript | onnx, exported on demand) as infer, its detections at the
+    display threshold (detection.score_threshold) mapped back to frame pixels as postprocess, drawn in
+    views.detection's class colours."""
+    from .detection import class_colors
+    from .export_run import frame_preprocess, runner
+
+    return FrameDetector(frame_preprocess(run), runner(run, backend), run.classes, class_colors(),
+                         int(run.info.preprocess["letterbox"]), run.cfg.detection.score_threshold, name=backend)
+
+
 # The one task -> frame model table: what a run's task draws on each frame of a stream.
 FRAME_MODELS = {"classification": build_classifier, "ssl": build_classifier, "dg": build_classifier,
-                "segmentation": build_segmenter}
+                "segmentation": build_segmenter, "detection": build_frame_detector}
 
 
 def build_frame_model(run_dir, backend: str = "eager"):
