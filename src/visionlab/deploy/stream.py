@@ -19,7 +19,8 @@ KNOBS = {"capture": "a smaller capture size (capture=WxH; a camera may also be c
                     "that decodes faster",
          "preprocess": "a smaller capture size (less to convert and resize)",
          "infer": "a coarser HOG pyramid (scale=1.2 levels=3), a smaller detector input (input=WIDTH; HOG misses "
-                  "people under ~100 px tall in it), an exported classifier (backend=onnx or onnx-int8), threads=N",
+                  "people under ~100 px tall in it), an exported model (backend=onnx; classifiers also onnx-int8), a "
+                  "trained detector at a smaller canvas (data.image_size), threads=N",
          "postprocess": "a higher score threshold (fewer boxes into NMS)",
          "draw": "fewer overlays, or a smaller capture size",
          "write": "no video file (out= only for the log) or a smaller capture size; mp4v encodes per frame"}
