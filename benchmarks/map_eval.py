@@ -8,7 +8,10 @@ per rep (torchmetrics caches compute()); update and compute are timed apart; the
 The values are compared with one more, untimed torchmetrics run given COCO's float64 IoU and recall thresholds: its
 defaults are float32-rounded (torch.linspace), which moves AP by up to ~1e-3 where a recall lands exactly on k/100.
 
-    .venv/bin/python benchmarks/map_eval.py [images=5000] [reps=3] [seed=0] [threads=1]
+With ``run=RUN_DIR`` (a detection run) the inputs are instead that run's real detections on its whole test split
+(the saved best model, at its evaluation score threshold, at most 100 per image) and the split's boxes.
+
+    .venv/bin/python benchmarks/map_eval.py [images=5000] [reps=3] [seed=0] [threads=1] [run=RUN_DIR]
 Last line: RESULT ours_compute_s=<s> torchmetrics_compute_s=<s> speedup=<x> map_ours=<m> map_torchmetrics=<m>
            max_abs_diff=<d> cpu=<model>
 """
@@ -68,6 +71,23 @@ def synthetic(gts, n_images: int, num_classes: int, seed: int) -> tuple[list[dic
     return preds, targets
 
 
+def from_run(run_dir: str) -> tuple[list[str], list[dict], list[dict], str]:
+    """(classes, predictions, targets, description) of a detection run's test split, detected by its best model."""
+    from visionlab.data import build_splits
+    from visionlab.data.box_transforms import unpad
+    from visionlab.run import load_run
+
+    run = load_run(run_dir, device="cpu")
+    test = build_splits(run.cfg.data).test
+    preds, targets = [], []
+    for i in range(0, len(test), 32):
+        images, boxes = torch.from_numpy(test.images[i:i + 32]), torch.from_numpy(test.boxes[i:i + 32])
+        with torch.no_grad():
+            preds += run.task.detect(images, run.cfg.detection.eval_score_threshold)
+        targets += unpad(boxes)
+    return run.classes, preds, targets, f"{run.cfg.data.name} test split of {run_dir} ({len(test)} images)"
+
+
 def run_ours(classes, preds, targets) -> tuple[float, float, dict]:
     from visionlab.metrics.detection import DetectionMetrics
 
@@ -102,15 +122,19 @@ def main(argv: list[str]) -> None:
     kv = dict(a.split("=", 1) for a in argv)
     torch.set_num_threads(int(kv.get("threads", 1)))
     n_images, reps, seed = int(kv.get("images", 5000)), int(kv.get("reps", 3)), int(kv.get("seed", 0))
-    classes, gts = load_coco128()
-    preds, targets = synthetic(gts, n_images, len(classes), seed)
+    if kv.get("run"):
+        classes, preds, targets, what = from_run(kv["run"])
+    else:
+        classes, gts = load_coco128()
+        preds, targets = synthetic(gts, n_images, len(classes), seed)
+        what = (f"COCO128 {'+'.join(SPLITS)} real boxes ({len(gts)} images) cycled to {n_images} images, SYNTHETIC "
+                f"jittered predictions (seed {seed})")
     n_gt, n_dt = sum(len(t["labels"]) for t in targets), sum(len(p["labels"]) for p in preds)
     tm_backend = torchmetrics.detection.MeanAveragePrecision()._coco_backend.backend   # its default
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
           f"torchmetrics {torchmetrics.__version__} (backend {tm_backend} {version(tm_backend.replace('_', '-'))}), "
           f"ours {BACKEND} {version(BACKEND)}")
-    print(f"data: COCO128 {'+'.join(SPLITS)} real boxes ({len(gts)} images) cycled to {n_images} images, {n_gt} GT "
-          f"boxes; SYNTHETIC jittered predictions ({n_dt} detections, seed {seed}); median of {reps} reps")
+    print(f"data: {what}; {n_gt} GT boxes, {n_dt} detections; median of {reps} reps")
     arms = {"visionlab DetectionMetrics": run_ours, "torchmetrics MeanAveragePrecision": run_torchmetrics}
     times = {k: ([], []) for k in arms}
     values = {}

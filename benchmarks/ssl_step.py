@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 
-from _common import ROOT
+from _common import ROOT, train_step
 
 import torch
 
@@ -40,18 +40,6 @@ def build(config: str, method: str, overrides: list[str]):
     return task, loader, resolve_precision(cfg.train.precision, torch.device("cpu")), cfg
 
 
-def step(task, batch, precision: str) -> None:
-    from visionlab.engine.precision import autocast
-
-    with autocast(torch.device("cpu"), precision):
-        out = task.training_step(batch)
-    if not task.manual_optimization:
-        opt = task.optimizers["main"]
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
-
-
 def main(argv: list[str]) -> None:
     from visionlab.deploy.latency import cpu_model
 
@@ -73,13 +61,13 @@ def main(argv: list[str]) -> None:
     iters = {m: iter(loader) for m, (_, loader, _, _) in arms.items()}
     for m, (task, _, precision, _) in arms.items():          # warm-up
         task.model.train()
-        step(task, next(iters[m]), precision)
+        train_step(task, next(iters[m]), precision)
     for _ in range(reps):
         for m, (task, _, precision, _) in arms.items():
             batches = [next(iters[m]) for _ in range(steps)]
             t0 = time.perf_counter()
             for b in batches:
-                step(task, b, precision)
+                train_step(task, b, precision)
             times[m].append((time.perf_counter() - t0) / steps)
     ms = {m: 1000 * sorted(v)[len(v) // 2] for m, v in times.items()}
     base = ms["supervised"]

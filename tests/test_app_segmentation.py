@@ -210,5 +210,5 @@ def test_stream_refuses_a_task_without_frame_model(camvid_run, monkeypatch):
     from visionlab.views import stream_run
 
     monkeypatch.delitem(stream_run.FRAME_MODELS, "segmentation")
-    with pytest.raises(UserError, match=r"stream runs classification, ssl, dg runs, not task=segmentation"):
+    with pytest.raises(UserError, match=r"stream runs classification, ssl, dg, detection runs, not task=segmentation"):
         stream_run.build_frame_model(camvid_run)

@@ -62,7 +62,8 @@ class DetectionTask(Task):
                 "boxes": torch.tensor(float(sum(len(t["labels"]) for t in targets)) / max(1, len(targets)))}
 
     # ---- evaluation
-    def _detect(self, images: torch.Tensor, score: float) -> list[dict]:
+    def detect(self, images: torch.Tensor, score: float) -> list[dict]:
+        """Detections (boxes in canvas pixels, scores, 0-based labels) of uint8 NHWC canvases above ``score``."""
         net = self._net()
         net.set_thresholds(score, self.p.nms_iou, self.p.max_detections)
         out = self.model(to_float(images))
@@ -71,7 +72,7 @@ class DetectionTask(Task):
     @torch.no_grad()
     def validation_step(self, batch) -> None:
         images, boxes = batch
-        preds, targets = self._detect(images, self.p.eval_score_threshold), unpad(boxes)
+        preds, targets = self.detect(images, self.p.eval_score_threshold), unpad(boxes)
         self.metrics.update(preds, targets)
         if self._examples is not None:
             self._keep_worst(images, boxes, preds)
@@ -123,7 +124,7 @@ class DetectionTask(Task):
     def predict(self, images: torch.Tensor) -> Prediction:
         """Detections at the display threshold, in the (letterboxed) input's pixels."""
         return Prediction("boxes", boxes=[{k: v.cpu() for k, v in d.items()}
-                                          for d in self._detect(images, self.p.score_threshold)])
+                                          for d in self.detect(images, self.p.score_threshold)])
 
     def export_module(self) -> nn.Module:
         """uint8 [1, S, S, C] letterboxed canvas -> (boxes float [N, 4] canvas pixels, scores [N], labels int64 [N]

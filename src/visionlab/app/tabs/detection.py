@@ -16,7 +16,7 @@ from ...views.detection import class_colors, draw_boxes
 from ..infer import (AppRun, Downloads, above, best_scores, box_counts, detect_frame, detect_image, display_image,
                      display_threshold, upload_size)
 from ..upload import open_upload
-from .image import NO_UPLOAD, example_label, refuse, run_by_name, upload_path
+from .image import NO_UPLOAD, refuse, run_by_name, upload_examples, upload_path
 
 TABLE_HEADERS = ["class", "score", "x0", "y0", "x1", "y1"]
 
@@ -113,10 +113,7 @@ def build_tab(runs: list[AppRun], picker: gr.Dropdown, downloads: Downloads, tit
                                       info="boxes scoring at least this much; the run's display threshold "
                                            "(detection.score_threshold) is the lowest", elem_id="detect-threshold")
                 button = gr.Button("Detect", variant="primary")
-                examples = list(dict.fromkeys(p for r in runs for p in r.examples))[:12]
-                if examples:
-                    gr.Examples([[p] for p in examples], inputs=[upload], label="Examples from the run's test split",
-                                example_labels=[example_label(p) for p in examples], examples_per_page=12)
+                upload_examples(runs, upload)
             with gr.Column():
                 status = gr.Markdown(elem_id="detect-status")
                 shown = gr.Image(label="Detected boxes (class, score)", type="numpy", format="png",

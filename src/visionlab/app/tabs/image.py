@@ -80,6 +80,14 @@ def frame_view(app_run: AppRun, rgb: np.ndarray) -> tuple[np.ndarray, dict[str, 
     return annotate(rgb, top), top_dict(top)
 
 
+def upload_examples(runs: list, upload) -> None:
+    """Up to 12 test-split images of the runs as clickable examples for the ``upload`` field (none: nothing shown)."""
+    examples = list(dict.fromkeys(p for r in runs for p in r.examples))[:12]
+    if examples:
+        gr.Examples([[p] for p in examples], inputs=[upload], label="Examples from the run's test split",
+                    example_labels=[example_label(p) for p in examples], examples_per_page=12)
+
+
 def example_label(path: str) -> str:
     p = Path(path)
     return f"{p.parent.name}/{p.name}"
@@ -94,10 +102,7 @@ def build_image_tab(runs: list[AppRun], picker: gr.Dropdown, downloads: Download
                 upload = gr.File(label="Image", file_types=sorted(IMAGE_EXTS), type="filepath",
                                  elem_id="image-upload")
                 button = gr.Button("Classify", variant="primary")
-                examples = list(dict.fromkeys(p for r in runs for p in r.examples))[:12]
-                if examples:
-                    gr.Examples([[p] for p in examples], inputs=[upload], label="Examples from the run's test split",
-                                example_labels=[example_label(p) for p in examples], examples_per_page=12)
+                upload_examples(runs, upload)
             with gr.Column():
                 status = gr.Markdown(elem_id="image-status")
                 label = gr.Label(num_top_classes=5, label="Top classes", elem_id="image-label")

@@ -14,7 +14,7 @@ from ...utils import UserError
 from ...views.segmentation import overlay_scaled, palette
 from ..infer import AppRun, Downloads, display_image, segment_frame, segment_image
 from ..upload import open_upload
-from .image import NO_UPLOAD, example_label, refuse, run_by_name, upload_path
+from .image import NO_UPLOAD, refuse, run_by_name, upload_examples, upload_path
 
 MAX_BARS = 20           # classes shown as bars; the legend table lists every class found
 
@@ -88,10 +88,7 @@ def build_tab(runs: list[AppRun], picker: gr.Dropdown, downloads: Downloads, tit
                 upload = gr.File(label="Image", file_types=sorted(IMAGE_EXTS), type="filepath",
                                  elem_id="segment-upload")
                 button = gr.Button("Segment", variant="primary")
-                examples = list(dict.fromkeys(p for r in runs for p in r.examples))[:12]
-                if examples:
-                    gr.Examples([[p] for p in examples], inputs=[upload], label="Examples from the run's test split",
-                                example_labels=[example_label(p) for p in examples], examples_per_page=12)
+                upload_examples(runs, upload)
             with gr.Column():
                 status = gr.Markdown(elem_id="segment-status")
                 shown = gr.Image(label="Predicted mask over the image", type="numpy", format="png",
