@@ -95,6 +95,17 @@ def shared_run(tmp_path_factory, name: str, *args: str, timeout: int = 900) -> P
 
 
 @pytest.fixture(scope="session")
+def neu_det_run(data_dir, tmp_path_factory) -> Path:
+    """A tiny FCOS on real NEU-DET boxes (40 images per split, one epoch, ~1 min on one thread), shared by the detection
+    deploy and app tests. Display threshold 0.05, so the barely trained detector still shows boxes; what those tests
+    check is that every path (export, stream, app) gives the same answers as predict."""
+    return shared_run(tmp_path_factory, "neudet_fcos", "task=detection", "data.name=neu_det_boxes",
+                      "model.name=fcos_lite0", "model.pretrained=true", "data.limit=40", "train.epochs=1",
+                      "train.batch_size=8", "train.eval_batch_size=8", "detection.score_threshold=0.05",
+                      "train.threads=1", "train.progress=false", "train.tensorboard=false")
+
+
+@pytest.fixture(scope="session")
 def trashnet_run(data_dir, tmp_path_factory) -> Path:
     """A small classifier (ResNet-18) trained on real TrashNet photos (64 px, 2 epochs), shared by the app, export and
     stream tests. Its accuracy is low; what those tests check is that every path gives the same answers."""

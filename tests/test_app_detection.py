@@ -16,7 +16,6 @@ from PIL import Image
 import visionlab.app  # noqa: F401  (sets the gradio environment before gradio is imported)
 
 pytest.importorskip("gradio", reason="the web app is the optional extra: pip install -e '.[app]'")
-from conftest import ROOT, shared_run  # noqa: E402
 from visionlab import api  # noqa: E402
 
 NEU_DET = ["crazing", "inclusion", "patches", "pitted_surface", "rolled-in_scale", "scratches"]
@@ -30,12 +29,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def det_run(data_dir, tmp_path_factory) -> Path:
-    """A tiny FCOS on real NEU-DET boxes (40 images per split, one epoch, ~1 min on one thread). Its boxes are poor;
-    what the tests check is that the app gives predict's own answers."""
-    return shared_run(tmp_path_factory, "neudet_fcos", str(ROOT / "configs" / "neu_det_fcos.yaml"), "train.epochs=1",
-                      "data.limit=40", "train.threads=1", "train.progress=false", "train.tensorboard=false",
-                      f"detection.score_threshold={THRESHOLD}")
+def det_run(neu_det_run) -> Path:
+    return neu_det_run
 
 
 @pytest.fixture(scope="module")

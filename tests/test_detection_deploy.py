@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli, shared_run
+from conftest import run_cli
 from visionlab.data import build_splits
 from visionlab.deploy.stream import STAGES
 from visionlab.utils import UserError
@@ -23,12 +23,8 @@ BOX_TOL = 1e-3          # px on a 200 px canvas: the ONNX Runtime and eager grap
 
 
 @pytest.fixture(scope="module")
-def det_run(data_dir, tmp_path_factory):
-    """A 1-epoch FCOS run; display threshold 0.05 so an untrained detector still shows boxes to compare."""
-    return shared_run(tmp_path_factory, "det_deploy", "task=detection", "data.name=neu_det_boxes",
-                      "model.name=fcos_lite0", "model.pretrained=true", "data.limit=24", "train.epochs=1",
-                      "train.batch_size=8", "train.eval_batch_size=8", "detection.score_threshold=0.05",
-                      "train.threads=1", "train.progress=false")
+def det_run(neu_det_run):
+    return neu_det_run
 
 
 @pytest.fixture(scope="module")
