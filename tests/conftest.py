@@ -102,7 +102,7 @@ def neu_det_run(data_dir, tmp_path_factory) -> Path:
     return shared_run(tmp_path_factory, "neudet_fcos", "task=detection", "data.name=neu_det_boxes",
                       "model.name=fcos_lite0", "model.pretrained=true", "data.limit=40", "train.epochs=1",
                       "train.batch_size=8", "train.eval_batch_size=8", "detection.score_threshold=0.05",
-                      "train.threads=1", "train.progress=false", "train.tensorboard=false")
+                      "train.precision=fp32", "train.threads=1", "train.progress=false", "train.tensorboard=false")
 
 
 @pytest.fixture(scope="session")

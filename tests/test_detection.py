@@ -92,3 +92,32 @@ def test_match_image_known_answer():
     assert found.tolist() == [True, False, True]
     assert image_f1(pred, pl, ps, gt, gl) == pytest.approx(2 * 2 / 7)
     assert image_f1(np.zeros((0, 4)), [], [], np.zeros((0, 4)), []) == 1.0
+
+
+def test_a_runs_test_map_is_pycocotools_on_its_saved_models_detections(neu_det_run, monkeypatch):
+    """The protocol end to end: summary.json's test AP equals pycocotools' COCOeval over the detections the saved
+    best model makes on the test split (evaluation threshold, 100 per image), converted here independently."""
+    import json
+
+    from test_detection_metrics import pycocotools_reference
+
+    from conftest import DATA
+    from visionlab.data import build_splits
+    from visionlab.run import load_run
+
+    monkeypatch.setenv("VISIONLAB_DATA", str(DATA))
+    run = load_run(neu_det_run, device="cpu")
+    test = build_splits(run.cfg.data).test
+    preds = []
+    targets = [{**t, "iscrowd": torch.zeros(len(t["labels"]), dtype=torch.int64)}
+               for t in unpad(torch.from_numpy(test.boxes))]
+    for i in range(0, len(test), 8):
+        with torch.no_grad():
+            preds += run.task.detect(torch.from_numpy(test.images[i:i + 8]), run.cfg.detection.eval_score_threshold)
+    stats, _ = pycocotools_reference(preds, targets, len(run.classes))
+    s = json.loads((neu_det_run / "summary.json").read_text())
+    assert s["evaluation"]["n_images"] == len(test) and s["evaluation"]["max_detections"] == 100
+    assert stats[1] > 0                                                # some boxes found: not a 0 == 0 check
+    assert s["test/map"] == pytest.approx(stats[0], abs=1e-4)          # AP@[.5:.95]
+    assert s["test/map50"] == pytest.approx(stats[1], abs=1e-4)
+    assert s["test/map75"] == pytest.approx(max(stats[2], 0.0), abs=1e-4)
