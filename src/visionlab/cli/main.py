@@ -141,11 +141,13 @@ def cmd_cfg(args: list[str]) -> int:
         print(C.dump_yaml(C.load_config(cfg_path, args[1:] if cfg_path else args)), end="")
         return 0
     from ..models import MODELS
+    from ..models.detection import DETECTION_MODELS
 
     for key, typ, default, help_ in C.fields_table():
         shown = "''" if default == "" else str(default)
         print(f"{key:<24} {typ:<6} {shown:<12} {help_}")
     print(f"\nmodels: {', '.join(MODELS.names())}")
+    print(f"detectors (task=detection): {', '.join(sorted(DETECTION_MODELS))}")
     return 0
 
 
