@@ -42,9 +42,13 @@ def test_onnx_outputs_equal_eager_detections_on_test_images(loaded):
         (b0, s0, l0), (b1, s1, l1) = eager(image[None]), onnx(image[None])
         assert b1.dtype == np.float32 and l1.dtype == np.int64 and b1.shape == (len(s1), 4)
         assert len(b0) == len(b1) <= loaded.cfg.detection.max_detections
-        np.testing.assert_allclose(b1, b0, atol=BOX_TOL)
-        np.testing.assert_allclose(s1, s0, atol=1e-5)
-        np.testing.assert_array_equal(l1, l0)
+        # detections with equal scores may come out in either order: pair each eager detection with an unused ONNX
+        # one of the same class, box within BOX_TOL and score within 1e-5
+        free = np.ones(len(b1), bool)
+        for b, sc, lab in zip(b0, s0, l0):
+            close = free & (l1 == lab) & (np.abs(b1 - b).max(1) <= BOX_TOL) & (np.abs(s1 - sc) <= 1e-5)
+            assert close.any(), f"no ONNX detection matches eager {lab} {sc:.5f} {b}"
+            free[np.flatnonzero(close)[0]] = False
         assert l1.min(initial=0) >= 0 and l1.max(initial=0) < len(loaded.classes)
         seen += len(b0)
     assert seen > 0                                    # scores >= the evaluation threshold (0.01) are kept

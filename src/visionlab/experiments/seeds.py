@@ -165,8 +165,14 @@ def failures(parent: Path, seeds: list[int] | None = None) -> dict[int, str]:
 
 def seed_metrics(primary: P.Primary, records: list[dict]) -> list[tuple[str, str, str]]:
     """(key, label, format) of the metrics a seeds report shows: the runs' primary metric on the test split
-    (test/acc, test/miou, ...), test/loss when the runs report it, best epoch and training time."""
-    out = [(primary.test, P.metric_label(primary.test, primary.task), P.metric_kind(primary.test, primary.task))]
+    (test/acc, test/miou, ...), the task view's ``seed_metrics`` (detection: AP50, AP75), test/loss when the runs
+    report it, best epoch and training time."""
+    from visionlab.views.tasks import TASK_VIEWS
+
+    view = TASK_VIEWS.get(primary.task)
+    keys = [primary.test] + [f"test/{m}" for m in (view.seed_metrics if view else ()) if f"test/{m}" != primary.test]
+    out = [(k, P.metric_label(k, primary.task), P.metric_kind(k, primary.task)) for k in keys
+           if k == primary.test or any(k in r for r in records)]
     if primary.test != "test/loss" and any("test/loss" in r for r in records):
         out.append(("test/loss", "test loss", "f4"))
     return out + list(OTHER_METRICS)

@@ -16,6 +16,7 @@ class TaskView:
     sections: Callable               # (report info, classes) -> [(heading, blocks)]: the task's own report sections
     after_train: Callable            # (run_dir) -> None: galleries that need the trained model
     show_predictions: Callable       # (results, image names, out_dir) -> lines the CLI prints
+    seed_metrics: tuple = ()         # headline metrics a seeds report shows besides the primary (e.g. detection's AP50)
 
 
 TASK_VIEWS = {
@@ -23,7 +24,8 @@ TASK_VIEWS = {
                                classification.show_predictions),
     "segmentation": TaskView(segmentation.HEADLINE, segmentation.sections, segmentation.after_train,
                              segmentation.show_predictions),
-    "detection": TaskView(detection.HEADLINE, detection.sections, detection.after_train, detection.show_predictions),
+    "detection": TaskView(detection.HEADLINE, detection.sections, detection.after_train, detection.show_predictions,
+                          seed_metrics=("map50", "map75")),
     "dg": TaskView(domain.HEADLINE, domain.sections, domain.after_train, domain.show_predictions),
     "ssl": TaskView(semi_supervised.HEADLINE, semi_supervised.sections, semi_supervised.after_train,
                     semi_supervised.show_predictions),
