@@ -15,6 +15,7 @@ import tempfile
 import time
 import uuid
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -304,10 +305,7 @@ def top_dict(top: list[tuple[str, float]]) -> dict[str, float]:
 
 def box_counts(result: dict) -> dict[str, int]:
     """Class -> how many boxes of it ``result`` has (detect_image), most first."""
-    counts: dict[str, int] = {}
-    for c in result["classes"]:
-        counts[c] = counts.get(c, 0) + 1
-    return dict(sorted(counts.items(), key=lambda t: -t[1]))
+    return dict(Counter(result["classes"]).most_common())
 
 
 def _about(app_run: AppRun, source: str) -> dict:
