@@ -11,33 +11,13 @@ from __future__ import annotations
 import sys
 import time
 
-from _common import ROOT, train_step
+from _common import ROOT, build_arm, train_step
 
 import torch
 
 KNOWN = {"config", "arms", "steps", "reps", "threads"}
 ARMS = ("fcos:;bf16:train.precision=bf16;nchw:train.channels_last=false;retinanet:model.name=retinanet_lite0;"
         "fasterrcnn:model.name=fasterrcnn_lite0;ssdlite:model.name=ssdlite_lite0")
-
-
-def build(config: str, overrides: list[str]):
-    """(task, loader, precision, cfg) of a run of ``config`` on the CPU, nothing written."""
-    from visionlab import config as C
-    from visionlab.data import build_splits
-    from visionlab.engine import build_optimizer
-    from visionlab.engine.distributed import Dist
-    from visionlab.engine.precision import resolve_precision
-    from visionlab.run import _train_loader
-    from visionlab.tasks import TASKS
-
-    cfg = C.load_config(config, overrides)
-    splits = build_splits(cfg.data)
-    task = TASKS.get(cfg.task)(cfg, splits.info(), torch.Generator().manual_seed(0))
-    if cfg.train.channels_last:
-        task.model.to(memory_format=torch.channels_last)
-    task.optimizers = {k: build_optimizer(g, cfg.optim) for k, g in task.optimizer_groups(cfg.optim).items()}
-    loader = _train_loader(splits, task, cfg, task.info, Dist())
-    return task, loader, resolve_precision(cfg.train.precision, torch.device("cpu")), cfg
 
 
 def main(argv: list[str]) -> None:
@@ -50,7 +30,7 @@ def main(argv: list[str]) -> None:
     steps, reps = int(kv.get("steps", 4)), int(kv.get("reps", 3))
     common = [f"{k}={v}" for k, v in kv.items() if k not in KNOWN]
     specs = [a.split(":", 1) for a in kv.get("arms", ARMS).split(";") if a]
-    arms = {name: build(config, common + [o for o in over.split(",") if o]) for name, over in specs}
+    arms = {name: build_arm(config, common + [o for o in over.split(",") if o]) for name, over in specs}
     first = specs[0][0]
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}")
     print(f"config {config} {' '.join(common)}; {steps} steps per arm, median of {reps}")

@@ -14,30 +14,11 @@ from __future__ import annotations
 import sys
 import time
 
-from _common import ROOT, train_step
+from _common import ROOT, build_arm, train_step
 
 import torch
 
 KNOWN = {"config", "methods", "steps", "reps", "threads"}
-
-
-def build(config: str, method: str, overrides: list[str]):
-    """(task, loader, ctx pieces) of a run of ``config`` with ``ssl.method=method``, on the CPU, nothing written."""
-    from visionlab import config as C
-    from visionlab.data import build_splits
-    from visionlab.engine import build_optimizer
-    from visionlab.engine.precision import resolve_precision
-    from visionlab.run import _train_loader
-    from visionlab.engine.distributed import Dist
-    from visionlab.tasks import TASKS
-
-    cfg = C.load_config(config, [f"ssl.method={method}", *overrides])
-    splits = build_splits(cfg.data)
-    task = TASKS.get("ssl")(cfg, splits.info(), torch.Generator().manual_seed(0))
-    task.model.to(memory_format=torch.channels_last)
-    task.optimizers = {k: build_optimizer(g, cfg.optim) for k, g in task.optimizer_groups(cfg.optim).items()}
-    loader = _train_loader(splits, task, cfg, task.info, Dist())
-    return task, loader, resolve_precision(cfg.train.precision, torch.device("cpu")), cfg
 
 
 def main(argv: list[str]) -> None:
@@ -52,7 +33,7 @@ def main(argv: list[str]) -> None:
         methods = ["supervised", *methods]
     steps, reps = int(kv.get("steps", 5)), int(kv.get("reps", 3))
     overrides = [f"{k}={v}" for k, v in kv.items() if k not in KNOWN]
-    arms = {m: build(config, m, overrides) for m in methods}
+    arms = {m: build_arm(config, [f"ssl.method={m}", *overrides]) for m in methods}
     cfg = arms["supervised"][3]
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}")
     print(f"config {config} {' '.join(overrides)}: model {cfg.model.name}, batch {cfg.train.batch_size} labelled + "
