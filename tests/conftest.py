@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from visionlab.engine.loop import TIMING_KEYS
+
 if os.environ.get("PYTEST_XDIST_WORKER"):     # pytest -n N: one thread per worker (two OpenMP threads per process
     os.environ.setdefault("OMP_NUM_THREADS", "1")   # on two shared cores run many times slower); subprocesses inherit it
 
@@ -41,7 +43,7 @@ def metrics_rows(run_dir: Path) -> list[dict]:
     import csv
 
     with (Path(run_dir) / "metrics.csv").open() as f:
-        return [{k: v for k, v in r.items() if k not in ("epoch_s", "img_per_s")} for r in csv.DictReader(f)]
+        return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in csv.DictReader(f)]
 
 
 def last_checkpoint_step(run_dir: Path) -> int:

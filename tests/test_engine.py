@@ -6,6 +6,7 @@ import torch
 
 from visionlab.config import OptimConfig
 from visionlab.engine import build_optimizer, build_scheduler, load_checkpoint, save_checkpoint
+from visionlab.engine.loop import TIMING_KEYS
 from visionlab.engine.optim import lr_multiplier
 from visionlab.utils import ConfigError, UserError, atomic_write_bytes
 
@@ -244,8 +245,8 @@ def test_manual_optimization_two_optimizers_log_checkpoint_and_resume(tmp_path):
     again.model.load_state_dict(ck["weights"])
     ctx2 = _two_player_context(again, tmp_path / "b")
     resumed = fit(again, _Loader(), _Loader(2), ctx2, restore(again, ctx2, ck["train_state"]))
-    strip = [{k: v for k, v in r.items() if k not in ("epoch_s", "img_per_s")} for r in state.history]
-    assert [{k: v for k, v in r.items() if k not in ("epoch_s", "img_per_s")} for r in resumed.history] == strip
+    strip = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in state.history]
+    assert [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in resumed.history] == strip
     for k, v in task.model.state_dict().items():
         assert torch.equal(v, again.model.state_dict()[k]), k
 

@@ -43,10 +43,16 @@ def test_train_writes_complete_run_dir(demo_run):
     assert np.trace(np.array(s["confusion"])) == round(s["test/acc"] * 500)
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2] and float(rows[1]["val/acc"]) > 0.9
+    assert all(0 < float(r["step_s"]) < float(r["epoch_s"]) for r in rows)       # the step is part of the epoch
+    t = s["timings"]
+    assert t["step_s"] == pytest.approx(sum(float(r["step_s"]) for r in rows), rel=1e-3)
+    assert 0 < t["outside_step_fraction"] < 1 and t["outside_step_fraction"] == pytest.approx(
+        1 - t["step_s"] / t["train_s"])
     sidecar = json.loads((run_dir / "checkpoints" / "best.json").read_text())
     assert sidecar["classes"] == [str(i) for i in range(10)] and sidecar["data"]["preprocess"]["image_size"] == 28
     env = json.loads((run_dir / "env.json").read_text())
     assert env["versions"]["torch"].startswith("2.14.1")
+    assert env["cpu"]["model"] and env["cpu"]["cores"] >= 1        # the CPU the run's speed figures belong to
 
 
 @pytest.mark.slow

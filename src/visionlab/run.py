@@ -359,7 +359,10 @@ def _test_summary(task, state, splits, cfg: C.Config, run_dir: Path, device, pre
     summary.update({f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
     summary.update({k: v for k, v in metrics.items() if not isinstance(v, (int, float))})
     summary.update({"split": "test",
-                    "timings": {"train_s": state.train_s, "eval_s": time.perf_counter() - t0,
+                    "timings": {"train_s": state.train_s, "step_s": state.step_s,
+                                # the data path's share: loading, augmentation, logging, checkpoints
+                                "outside_step_fraction": (1 - state.step_s / state.train_s) if state.train_s else None,
+                                "eval_s": time.perf_counter() - t0,
                                 "train_img_per_s": float(np.mean(rates)) if rates else None}})
     return summary
 

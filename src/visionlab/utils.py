@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import random
 import tempfile
 from pathlib import Path
@@ -194,3 +195,28 @@ def closest(name: str, choices) -> str | None:
 
     m = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return m[0] if m else None
+
+
+def _cpuinfo_lines() -> list[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return f.readlines()
+    except OSError:
+        return []
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else platform.processor()."""
+    for line in _cpuinfo_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str] | None:
+    """The first CPU's feature flags from /proc/cpuinfo ("flags" on x86, "Features" on Arm); None when unknown."""
+    for line in _cpuinfo_lines():
+        key = line.split(":", 1)[0].strip()
+        if key in ("flags", "Features"):
+            return set(line.split(":", 1)[1].split())
+    return None

@@ -9,6 +9,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..utils import cpu_flags, cpu_model  # noqa: F401  (re-exported: benchmarks read them here)
+
 
 def measure(fn: Callable[[np.ndarray], object], batch: np.ndarray, iters: int = 50, warmup: int = 5,
             max_seconds: float = 0.0) -> dict:
@@ -31,31 +33,6 @@ def measure(fn: Callable[[np.ndarray], object], batch: np.ndarray, iters: int = 
 
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")   # x86 AVX-512 BF16 / AMX, Arm BF16: bf16 matmuls in hardware
-
-
-def _cpuinfo_lines() -> list[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return f.readlines()
-    except OSError:
-        return []
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else platform.processor()."""
-    for line in _cpuinfo_lines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def cpu_flags() -> set[str] | None:
-    """The first CPU's feature flags from /proc/cpuinfo ("flags" on x86, "Features" on Arm); None when unknown."""
-    for line in _cpuinfo_lines():
-        key = line.split(":", 1)[0].strip()
-        if key in ("flags", "Features"):
-            return set(line.split(":", 1)[1].split())
-    return None
 
 
 def bf16_native(flags: set[str] | None = None) -> bool | None:

@@ -25,6 +25,7 @@ class FitState:
     best_epoch: int = -1
     bad_epochs: int = 0              # epochs since the best, for early stopping
     train_s: float = 0.0             # seconds spent in training batches
+    step_s: float = 0.0              # of which inside the model step (forward, backward, optimizer), not the data
     running: dict = field(default_factory=dict)   # sums over the current epoch so far
     history: list = field(default_factory=list)   # one row per finished epoch
     finished: bool = False
@@ -95,8 +96,7 @@ def train_state(task, ctx: FitContext, state: FitState) -> dict:
     rng = {f"r{r}.{k}": v for r, states in enumerate(per_rank) for k, v in states.items()}
     fit = asdict(state)
     if state.running:       # mid-epoch: store the sums over all ranks (rank 0 carries them on after a resume)
-        fit["running"] = {**sum_dict({k: v for k, v in state.running.items() if k != "seconds"}, ctx.dist),
-                          "seconds": state.running["seconds"]}
+        fit["running"] = {**sum_dict(_counts(state.running), ctx.dist), **_clocks(state.running)}
     return {"optimizers": {k: o.state_dict() for k, o in ctx.optimizers.items()},
             "schedulers": {k: sc.state_dict() for k, sc in ctx.schedulers.items()}, "rng": rng,
             "ema": ctx.ema.state_dict() if ctx.ema is not None else None, "fit": fit, "world": ctx.dist.world}
@@ -124,7 +124,7 @@ def restore(task, ctx: FitContext, ts: dict) -> FitState:
         torch.cuda.set_rng_state(rng["cuda"], ctx.device)
     state = FitState(**ts["fit"])
     if state.running and not ctx.dist.main:     # rank 0 holds the epoch's sums so far; the others restart at 0
-        state.running = {k: (v if k == "seconds" else 0.0) for k, v in state.running.items()}
+        state.running = {k: (v if k in CLOCKS else 0.0) for k, v in state.running.items()}
     return state
 
 
@@ -174,6 +174,16 @@ def _train_step(task, ctx: FitContext, batch) -> dict:
 
 
 COUNT = "n:"        # run["n:<key>"]: images of the steps that returned <key> (a phase may log keys others do not)
+TIMING_KEYS = ("epoch_s", "step_s", "img_per_s")    # the history columns that differ between identical runs
+CLOCKS = ("seconds", "step_seconds")     # rank 0's clocks in an epoch's running totals; the rest sum over ranks
+
+
+def _counts(run: dict) -> dict:
+    return {k: v for k, v in run.items() if k not in CLOCKS}
+
+
+def _clocks(run: dict) -> dict:
+    return {k: v for k, v in run.items() if k in CLOCKS}
 
 
 def _add_scalars(run: dict, out: dict, n: int) -> None:
@@ -191,7 +201,7 @@ def _add_scalars(run: dict, out: dict, n: int) -> None:
 
 def _means(run: dict) -> dict:
     """train/<key> averages of an epoch's running totals (runs saved before per-key counts divide by all images)."""
-    skip = {"n", "seconds"}
+    skip = {"n", *CLOCKS}
     return {f"train/{k}": v / max(run.get(COUNT + k, run["n"]), 1) for k, v in run.items()
             if k not in skip and not k.startswith(COUNT)}
 
@@ -201,15 +211,18 @@ def _run_epoch(task, train_loader, ctx: FitContext, state: FitState) -> None:
     task.on_train_epoch_start(state.epoch)      # epoch-dependent settings (unfreezing, progressive size)
     train_loader.set_position(state.epoch, state.batch)
     run = state.running or {"n": 0, "seconds": 0.0}
+    run.setdefault("step_seconds", 0.0)          # time inside the step; the rest of "seconds" is the data path
     bar = progress(train_loader, state, ctx.cfg, enabled=ctx.dist.main)
     t0 = time.perf_counter()
     for batch in bar:
         batch = _to(batch, ctx.device)
+        t_step = time.perf_counter()
         n = len(batch[0])                       # images come first in every task's batch
         task.global_step = state.step           # schedules inside a task (warm-ups, annealing) read it
         out = _train_step(task, ctx, batch)
         run["n"] += n
-        _add_scalars(run, out, n)
+        _add_scalars(run, out, n)               # .item() waits for the device: the step's kernels are counted
+        run["step_seconds"] += time.perf_counter() - t_step
         state.batch += 1
         state.step += 1
         if state.batch % 25 == 0:
@@ -232,16 +245,18 @@ def fit(task, train_loader, val_loader, ctx: FitContext, state: FitState | None 
     logger = EpochLogger(ctx.run_dir, ctx.cfg.tensorboard and main, purge_step=state.epoch) if main else None
     while state.epoch < ctx.cfg.epochs and not state.finished:
         _run_epoch(task, train_loader, ctx, state)
-        seconds = state.running["seconds"]         # rank 0's clock; sums of samples and losses over all ranks
-        run = {**sum_dict({k: v for k, v in state.running.items() if k != "seconds"}, ctx.dist), "seconds": seconds}
+        # rank 0's clocks; sums of samples and losses over all ranks
+        run = {**sum_dict(_counts(state.running), ctx.dist), **_clocks(state.running)}
         lr = next(iter(ctx.optimizers.values())).param_groups[0]["lr"]
         row = {"epoch": state.epoch + 1, "step": state.step, "lr": lr}
         row.update(_means(run))
         if val_loader is not None:        # every rank evaluates the whole split: same model, same numbers
             vm = evaluate(task, val_loader, ctx.device, ctx.precision, model=evaluated_model(task, ctx))
             row.update({f"val/{k}": v for k, v in vm.items() if isinstance(v, (int, float))})
-        row.update({"epoch_s": run["seconds"], "img_per_s": run["n"] / max(run["seconds"], 1e-9)})
+        row.update({"epoch_s": run["seconds"], "step_s": run["step_seconds"],
+                    "img_per_s": run["n"] / max(run["seconds"], 1e-9)})
         state.train_s += run["seconds"]
+        state.step_s += run["step_seconds"]
         state.history.append(row)
         value = row.get(metric)
         improved = (not task.selects_best or value is None or state.best is None
