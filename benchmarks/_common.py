@@ -21,7 +21,7 @@ def run_pipeline(config: str | None, overrides: list[str]) -> dict:
     return {**result.summary, "run_dir": str(result.run_dir)}
 
 
-def build_arm(config: str, overrides: list[str]):
+def build_arm(config: str | None, overrides: list[str]):
     """(task, train loader, precision, cfg) of a run of ``config`` + ``overrides`` on the CPU, as the pipeline builds
     them (channels_last when the config says so), nothing written: one arm of a training-step benchmark."""
     import torch
@@ -58,3 +58,40 @@ def train_step(task, batch, precision: str) -> None:
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
+
+
+TRAIN_FLOPS_PER_FORWARD = 3     # a training step costs about 3 forwards (backward: gradients of inputs and weights)
+
+
+def machine_peak(seconds: float = 0.5) -> dict:
+    """Measure this machine's peak FLOP/s with torch's current threads (engine.machine.measure_peak) and print it
+    with the CPU model and flags: what the fractions of peak below divide by."""
+    from visionlab.engine.machine import cpu_info, measure_peak
+
+    info, peak = cpu_info(), measure_peak(seconds)
+    gf = ", ".join(f"{k.replace('_', ' ')} {v / 1e9:.0f}" for k, v in peak.items() if isinstance(v, float))
+    print(f"machine: {info['model']} [{' '.join(info['flags'] or ['flags unknown'])}], {peak['threads']} threads; "
+          f"measured peak GFLOP/s: {gf}")
+    return peak
+
+
+def of_peak(flop_per_s: float, precision: str, peak: dict) -> float:
+    """Achieved FLOP/s as a fraction of the measured conv peak in the precision used (bf16 runs: the bf16 peak)."""
+    from visionlab.engine.machine import peak_for
+
+    return flop_per_s / peak_for(peak, precision)
+
+
+def training_flop_per_s(flops_per_image: float, img_per_s: float) -> float:
+    """FLOP/s a training run achieved: forward FLOPs per image (summary.json) x 3 x images per second."""
+    return TRAIN_FLOPS_PER_FORWARD * flops_per_image * img_per_s
+
+
+def run_efficiency(summary: dict, peak: dict) -> str:
+    """'X GFLOP/s = Y % of the <precision> conv peak; Z % of the time outside the model step' for a pipeline run."""
+    rate = training_flop_per_s(summary["flops_per_image"], summary["timings"]["train_img_per_s"])
+    outside = summary["timings"].get("outside_step_fraction")
+    return (f"{rate / 1e9:.1f} GFLOP/s = {100 * of_peak(rate, summary['precision'], peak):.1f} % of the "
+            f"{summary['precision']} conv peak; "
+            + (f"{100 * outside:.1f} % of the time outside the model step" if outside is not None else
+               "time outside the step not recorded"))

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import DATA, ROOT
+from _common import DATA, ROOT, machine_peak, run_efficiency
 
 ARGS = ["data.name=mnist", "data.val_fraction=0", "data.rotation=13", "train.epochs=1", "train.batch_size=100",
         "optim.lr=0.00108", "train.progress=false", "train.tensorboard=false"]
@@ -30,11 +30,14 @@ def run(launcher: list[str], out: Path) -> dict:
 
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="vl-ddp-"))
+    peak = machine_peak()                  # all cores: what both arms share
     one = run([sys.executable], tmp / "one")
     two = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], tmp / "two")
     r1, r2 = one["timings"]["train_img_per_s"], two["timings"]["train_img_per_s"]
-    print(f"1 process x {os.cpu_count()} threads: {r1:.0f} img/s, test acc {one['test/acc']:.4f}")
-    print(f"2 processes x 1 thread (DDP, gloo):   {r2:.0f} img/s, test acc {two['test/acc']:.4f}")
+    print(f"1 process x {os.cpu_count()} threads: {r1:.0f} img/s, test acc {one['test/acc']:.4f}; "
+          f"{run_efficiency(one, peak)}")
+    print(f"2 processes x 1 thread (DDP, gloo):   {r2:.0f} img/s, test acc {two['test/acc']:.4f}; "
+          f"{run_efficiency(two, peak)}")
     print(f"RESULT speedup={r2 / r1:.2f} one_proc_img_s={r1:.0f} two_proc_img_s={r2:.0f} "
           f"acc_one={one['test/acc']:.4f} acc_two={two['test/acc']:.4f}")
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT
+from _common import ROOT, machine_peak, of_peak
 
 import torch
 from torch import nn
@@ -107,6 +107,7 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(int(kv["threads"]))
     steps, n, reps = int(kv.get("steps", 50)), int(kv.get("n", 16)), int(kv.get("reps", 3))
     task, what = build_task(kv.get("run"))
+    peak = machine_peak()
     params = sum(p.numel() for p in task.unet.parameters())
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
           f"onnxruntime {onnxruntime.__version__}")
@@ -116,9 +117,11 @@ def main(argv: list[str]) -> None:
         samplers = arms(task, Path(tmp))
         speed, diff = bench(samplers, n, steps, reps)
     base = speed["eager fp32 NCHW"]
-    print(f"{'arm':<36} {'img/s':>8} {'ms/img':>8} {'x fp32':>7} {'max|diff|':>10}")
+    flops = task.flops_per_image() * steps                 # one denoiser call per DDIM step
+    print(f"{'arm':<36} {'img/s':>8} {'ms/img':>8} {'x fp32':>7} {'max|diff|':>10} {'of peak':>8}")
     for k, v in speed.items():
-        print(f"{k:<36} {v:>8.2f} {1000 / v:>8.1f} {v / base:>7.2f} {diff[k]:>10.2e}")
+        frac = of_peak(flops * v, "bf16" if "bf16" in k else "fp32", peak)
+        print(f"{k:<36} {v:>8.2f} {1000 / v:>8.1f} {v / base:>7.2f} {diff[k]:>10.2e} {100 * frac:>7.1f}%")
     if "eager bf16 autocast channels_last" not in speed:
         print("bf16 arm skipped: no avx512_bf16 / amx_bf16 in /proc/cpuinfo (bf16 would be emulated)")
     bf16 = speed.get("eager bf16 autocast channels_last")

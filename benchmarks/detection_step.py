@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-from _common import ROOT, build_arm, train_step
+from _common import ROOT, build_arm, machine_peak, of_peak, train_step, training_flop_per_s
 
 import torch
 
@@ -33,6 +33,7 @@ def main(argv: list[str]) -> None:
     arms = {name: build_arm(config, common + [o for o in over.split(",") if o]) for name, over in specs}
     first = specs[0][0]
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}")
+    peak = machine_peak()
     print(f"config {config} {' '.join(common)}; {steps} steps per arm, median of {reps}")
     iters = {m: iter(loader) for m, (_, loader, _, _) in arms.items()}
     times: dict[str, list[float]] = {m: [] for m in arms}
@@ -47,10 +48,13 @@ def main(argv: list[str]) -> None:
                 train_step(task, b, precision)
             times[m].append((time.perf_counter() - t0) / steps)
     ms = {m: 1000 * sorted(v)[len(v) // 2] for m, v in times.items()}
-    print(f"{'arm':<12} {'model':<18} {'precision':<10} {'ms/step':>9} {'img/s':>7} {'x ' + first:>10}")
-    for m, (_, _, precision, cfg) in arms.items():
-        print(f"{m:<12} {cfg.model.name:<18} {precision:<10} {ms[m]:>9.1f} "
-              f"{1000 * cfg.train.batch_size / ms[m]:>7.1f} {ms[m] / ms[first]:>10.2f}")
+    print(f"{'arm':<12} {'model':<18} {'precision':<10} {'ms/step':>9} {'img/s':>7} {'x ' + first:>10} "
+          f"{'GFLOP/s':>8} {'of peak':>8}")
+    for m, (task, _, precision, cfg) in arms.items():
+        rate = 1000 * cfg.train.batch_size / ms[m]
+        flop_s = training_flop_per_s(task.flops_per_image(), rate)
+        print(f"{m:<12} {cfg.model.name:<18} {precision:<10} {ms[m]:>9.1f} {rate:>7.1f} {ms[m] / ms[first]:>10.2f} "
+              f"{flop_s / 1e9:>8.1f} {100 * of_peak(flop_s, precision, peak):>7.1f}%")
     print("RESULT " + " ".join(f"{m}_ms={v:.1f}" for m, v in ms.items()) + " "
           + " ".join(f"{m}_over_{first}={v / ms[first]:.2f}" for m, v in ms.items() if m != first))
 

@@ -11,7 +11,7 @@ import copy
 import sys
 import time
 
-from _common import DATA  # noqa: F401  (sets VISIONLAB_DATA for the real data)
+from _common import machine_peak, of_peak, training_flop_per_s
 
 import torch
 
@@ -53,6 +53,7 @@ def main(argv: list[str]) -> None:
     kv = dict(a.split("=", 1) for a in argv if "=" in a)
     steps, threads = int(kv.get("steps", 12)), int(kv.get("threads", 2))
     torch.set_num_threads(threads)
+    peak = machine_peak()
     cfg = C.load_config(path, ["train.progress=false"])
     splits = build_splits(cfg.data)
     loader = build_loader(splits.train, cfg.train.batch_size, True, cfg.seed, {})
@@ -67,7 +68,9 @@ def main(argv: list[str]) -> None:
         if channels_last:
             task.model.to(memory_format=torch.channels_last)
         rates[name] = _time(task, batches, prec, steps)
+        frac = of_peak(training_flop_per_s(task.flops_per_image(), rates[name]), prec, peak)
         print(f"{name:<9} {prec:<5} channels_last={channels_last!s:<5} {rates[name]:7.2f} img/s "
+              f"= {100 * frac:.1f} % of the {prec} conv peak "
               f"({cfg.model.name}, batch {cfg.train.batch_size}, crop {cfg.segmentation.crop_size or 'full'}, "
               f"images {splits.train.images.shape[1]}x{splits.train.images.shape[2]}, {threads} threads)")
     print(f"RESULT ratio={rates['ours'] / rates['baseline']:.2f} ours_img_s={rates['ours']:.2f} "

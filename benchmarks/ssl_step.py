@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 
-from _common import ROOT, build_arm, train_step
+from _common import ROOT, build_arm, machine_peak, of_peak, train_step, training_flop_per_s
 
 import torch
 
@@ -36,6 +36,7 @@ def main(argv: list[str]) -> None:
     arms = {m: build_arm(config, [f"ssl.method={m}", *overrides]) for m in methods}
     cfg = arms["supervised"][3]
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}")
+    peak = machine_peak()
     print(f"config {config} {' '.join(overrides)}: model {cfg.model.name}, batch {cfg.train.batch_size} labelled + "
           f"mu {cfg.ssl.mu:g} x unlabelled, precision {arms['supervised'][2]}; {steps} steps per arm, median of {reps}")
     times: dict[str, list[float]] = {m: [] for m in methods}
@@ -52,12 +53,15 @@ def main(argv: list[str]) -> None:
             times[m].append((time.perf_counter() - t0) / steps)
     ms = {m: 1000 * sorted(v)[len(v) // 2] for m, v in times.items()}
     base = ms["supervised"]
-    print(f"{'method':<14} {'ms/step':>9} {'x supervised':>13} {'images forwarded':>17}")
+    flops = arms["supervised"][0].flops_per_image()
+    print(f"{'method':<14} {'ms/step':>9} {'x supervised':>13} {'images forwarded':>17} {'of peak':>8}")
     for m in methods:
         b, mu = cfg.train.batch_size, cfg.ssl.mu
         seen = {"supervised": b, "pseudo_label": b + mu * b, "fixmatch": b + 2 * mu * b, "uda": b + 2 * mu * b,
                 "mpl": 3 * b + 3 * mu * b}[m]
-        print(f"{m:<14} {ms[m]:>9.1f} {ms[m] / base:>13.2f} {int(seen):>17}")
+        flop_s = training_flop_per_s(flops, 1000 * seen / ms[m])       # as if every forwarded image were trained
+        print(f"{m:<14} {ms[m]:>9.1f} {ms[m] / base:>13.2f} {int(seen):>17} "
+              f"{100 * of_peak(flop_s, arms[m][2], peak):>7.1f}%")
     print("RESULT " + " ".join(f"{m}_ms={v:.1f}" for m, v in ms.items()) + " "
           + " ".join(f"{m}_over_supervised={v / base:.2f}" for m, v in ms.items() if m != "supervised"))
 

@@ -16,11 +16,12 @@ Last line: RESULT hog_fps=<a> best_hog_fps=<b> best_hog_arm=<name> eager_fps=<c>
 """
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import DATA, run_pipeline
+from _common import DATA, machine_peak, of_peak, run_pipeline
 
 VIDEO = DATA / "video" / "vtest.avi"
 # (name, capture, detector input width, HOG params, OpenCV threads); None = native size / OpenCV's default threads
@@ -79,6 +80,7 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(int(opts["threads"]))
         cv2.setNumThreads(int(opts["threads"]))
     tmp = Path(tempfile.mkdtemp(prefix="vl-bench-stream-"))
+    peak = machine_peak()
     run_dir = opts.get("run") or run_pipeline(None, [*TRASH, "name=stream-bench"])["run_dir"]
     default_threads = cv2.getNumThreads()
     print(f"torch threads {torch.get_num_threads()}, OpenCV threads {default_threads}, {frames} frames x {reps} reps, "
@@ -99,10 +101,13 @@ def main(argv: list[str]) -> None:
             print(f"rep {rep} {name:<30} {runs[name][-1]['true_fps']:6.1f} fps", flush=True)
     results = {name: median_summary(r) for name, r in runs.items()}
     print(table(results))
-    report(results)
+    flops = json.loads((Path(run_dir) / "summary.json").read_text())["flops_per_image"]
+    report(results, flops, peak)
 
 
-def report(results: dict) -> None:
+def report(results: dict, flops: float, peak: dict) -> None:
+    """The HOG and classifier findings; the classifier's infer stage as a fraction of the fp32 conv peak (batch 1,
+    ``flops`` forward FLOPs per frame) and the share of each frame's time outside infer."""
     hog = results[HOG_ARMS[0][0]]
     base_det = hog["detections_mean"]
     print(f"\nHOG default: {hog['true_fps']:.1f} fps, {base_det:.2f} people/frame; {hog['explanation']}")
@@ -120,6 +125,10 @@ def report(results: dict) -> None:
     ie, io_, iq = (s["stages_ms"]["infer"]["p50"] for s in (e, o, q))
     print(f"classifier: eager {e['true_fps']:.1f} fps (infer p50 {ie:.2f} ms), onnx {o['true_fps']:.1f} fps "
           f"({io_:.2f} ms), onnx-int8 {q['true_fps']:.1f} fps ({iq:.2f} ms)")
+    for name, s, ms in (("eager", e, ie), ("onnx", o, io_)):
+        print(f"  {name}: infer {flops / ms / 1e6:.2f} GFLOP/s = {100 * of_peak(flops / ms * 1e3, 'fp32', peak):.2f} %"
+              f" of the fp32 conv peak; {100 * (1 - ms * s['true_fps'] / 1e3):.0f} % of each frame's time outside "
+              "infer (capture, preprocess, draw, write)")
     print(f"onnx / eager: {o['true_fps'] / e['true_fps']:.2f}x end to end, {ie / io_:.2f}x infer; "
           f"onnx-int8 / eager: {q['true_fps'] / e['true_fps']:.2f}x end to end, {ie / iq:.2f}x infer "
           f"(goal >= 1.7x)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from _common import ROOT, run_pipeline
+from _common import ROOT, machine_peak, run_efficiency, run_pipeline
 
 FAST = ["data.name=mnist", "data.val_fraction=0", "model.name=mnist_cnn", "optim.name=adam", "optim.lr=0.003",
         "optim.scheduler=onecycle", "data.rotation=10", "seed=0"]
@@ -24,6 +24,7 @@ RECIPES = [  # (target, overrides)
 
 def main() -> None:
     results = []
+    peak = machine_peak()
     for target, overrides in RECIPES:
         t0 = time.perf_counter()
         s = run_pipeline(None, overrides)
@@ -31,7 +32,7 @@ def main() -> None:
         ok = s["test/acc"] >= target
         print(f"target {100 * target:.1f}%: test acc {100 * s['test/acc']:.2f}% after {s['epochs_run']} epochs, "
               f"train {s['timings']['train_s']:.1f} s, wall {wall:.1f} s (incl. data load and test eval) "
-              f"{'reached' if ok else 'NOT reached'}  [{' '.join(overrides)}]")
+              f"{'reached' if ok else 'NOT reached'}  [{' '.join(overrides)}]; {run_efficiency(s, peak)}")
         results.append((target, s["timings"]["train_s"], wall, s["test/acc"]))
     seed_acc = None
     if "--skip-seed-recipe" not in sys.argv:
@@ -40,7 +41,7 @@ def main() -> None:
         seed_acc = s["test/acc"]
         print(f"seed recipe (configs/mnist_cnn.yaml, {s['epochs_run']} epochs, best epoch {s['best_epoch']} by val): "
               f"test acc {100 * seed_acc:.2f}%, train {s['timings']['train_s']:.0f} s, "
-              f"wall {time.perf_counter() - t0:.0f} s, run dir {s['run_dir']}")
+              f"wall {time.perf_counter() - t0:.0f} s, run dir {s['run_dir']}; {run_efficiency(s, peak)}")
     r = {t: (tr, w, a) for t, tr, w, a in results}
     line = (f"RESULT to99.0_s={r[0.990][1]:.1f} acc={r[0.990][2]:.4f} to99.5_s={r[0.995][1]:.1f} "
             f"acc={r[0.995][2]:.4f}")
