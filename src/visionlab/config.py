@@ -46,6 +46,8 @@ class DataConfig:
     grayscale: bool = opt(False, "convert images to one channel")
     rotation: float = opt(0.0, "random rotation augmentation, +- degrees (the MNIST seed recipe uses 13)", ge=0)
     crop_padding: int = opt(0, "random crop after zero padding by this many pixels (CIFAR recipe: 4)", ge=0)
+    crop_pad_mode: str = opt("zeros", "what data.crop_padding pads with: zeros, or reflect (mirrored border pixels; "
+                                      "airbench)")
     hflip: bool = opt(False, "random horizontal flip")
     cutmix: float = opt(0.0, "CutMix beta(alpha) parameter; 0 turns it off", ge=0)
     mixup: float = opt(0.0, "MixUp beta(alpha) parameter; 0 turns it off", ge=0)
@@ -106,7 +108,8 @@ class OptimConfig:
     nesterov: bool = opt(False, "Nesterov momentum (sgd)")
     weight_decay: float = opt(0.0, "L2 weight decay (decoupled for adamw)", ge=0)
     betas: list = opt([0.9, 0.999], "Adam-family betas")
-    scheduler: str = opt("none", "lr schedule: none, step, multistep, cosine, onecycle")
+    scheduler: str = opt("none", "lr schedule: none, step, multistep, cosine, onecycle, triangle (airbench: linear "
+                                 "from 0.2x up to 1x at 23 % of the steps, then down to 0.07x at the end)")
     step_size: int = opt(4, "step: epochs between decays", ge=1)
     gamma: float = opt(0.5, "step/multistep: decay factor", gt=0)
     milestones: list = opt([], "multistep: epochs at which lr is multiplied by gamma")
@@ -114,6 +117,9 @@ class OptimConfig:
     min_lr: float = opt(0.0, "cosine: final learning rate", ge=0)
     backbone_lr_mult: float = opt(1.0, "discriminative learning rates: backbone lr = lr x this, the head gets lr",
                                    ge=0)
+    bias_lr_mult: float = opt(1.0, "1-D parameters (biases, norm weights) train at their group's lr x this", gt=0)
+    bias_decay: bool = opt(False, "decay 1-D parameters too, at weight_decay / bias_lr_mult (the same decay per step "
+                                  "as the weights; airbench); false: they get no weight decay")
 
 
 @dataclass
@@ -130,6 +136,8 @@ class TrainConfig:
     precision: str = opt("auto", "auto (bf16 autocast on CPU/CUDA where supported), fp32, bf16, fp16 (CUDA)")
     channels_last: bool = opt(True, "channels_last memory format (much faster pooling on CPU)")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing", ge=0, lt=1)
+    tta_flip: bool = opt(False, "classification: evaluate (val and test) on the mean logits of each image and its "
+                                "horizontal mirror (test-time augmentation)")
     grad_clip: float = opt(0.0, "clip gradient norm to this value; 0 = off", ge=0)
     ema_decay: float = opt(0.0, "keep an exponential moving average of weights with this decay; 0 = off", ge=0, lt=1)
     early_stop: int = opt(0, "stop after this many epochs without improving the primary metric; 0 = off", ge=0)
@@ -312,7 +320,8 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "tra
             "dcgan": DCGANConfig, "ddpm": DDPMConfig, "ssl": SSLConfig, "dg": DGConfig}
 # What `visionlab eval` may change besides run.EVAL_KEYS, per task: whole sections or single keys that say how a
 # run is evaluated or sampled (never its architecture).
-TASK_EVAL_KEYS = {"segmentation": ("segmentation",), "vae": ("fid",), "dcgan": ("fid",),
+TASK_EVAL_KEYS = {"classification": ("train.tta_flip",), "segmentation": ("segmentation",), "vae": ("fid",),
+                  "dcgan": ("fid",),
                   "detection": ("detection.eval_score_threshold", "detection.score_threshold", "detection.nms_iou",
                                 "detection.max_detections"),
                   "ddpm": ("fid", "ddpm.sampler", "ddpm.sample_steps")}

@@ -9,6 +9,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..utils import ConfigError
+
+PAD_MODES = ("zeros", "reflect")        # data.crop_pad_mode: what the random crop's border shows
+
 
 class BatchAugment:
     """uint8 NHWC batch -> normalized float NCHW (channels_last) batch, with the configured random augmentation.
@@ -17,12 +21,16 @@ class BatchAugment:
     """
 
     def __init__(self, mean, std, train: bool, rotation: float = 0.0, crop_padding: int = 0, hflip: bool = False,
-                 normalize: bool = True, generator: torch.Generator | None = None, size: int = 0):
+                 normalize: bool = True, generator: torch.Generator | None = None, size: int = 0,
+                 crop_pad_mode: str = "zeros"):
+        if crop_pad_mode not in PAD_MODES:
+            raise ConfigError(f"data.crop_pad_mode={crop_pad_mode!r}: choose one of {', '.join(PAD_MODES)}")
         self.mean = torch.tensor(mean if normalize else [0.0] * len(mean)).view(1, -1, 1, 1)
         self.std = torch.tensor(std if normalize else [1.0] * len(std)).view(1, -1, 1, 1)
         self.train = train
         self.rotation = rotation if train else 0.0
         self.crop_padding = crop_padding if train else 0
+        self.crop_pad_mode = crop_pad_mode
         self.hflip = hflip and train
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.size = size            # resize to size x size after augmenting (pretrained backbones, progressive)
@@ -49,7 +57,10 @@ class BatchAugment:
 
     def _random_crop(self, images: torch.Tensor, pad: int) -> torch.Tensor:
         b, h, w, _ = images.shape
-        padded = F.pad(images, (0, 0, pad, pad, pad, pad))         # zero padding on H and W of NHWC
+        if self.crop_pad_mode == "reflect":     # F.pad reflects the last two dims: those of the NCHW view
+            padded = F.pad(images.permute(0, 3, 1, 2), (pad,) * 4, mode="reflect").permute(0, 2, 3, 1)
+        else:
+            padded = F.pad(images, (0, 0, pad, pad, pad, pad))     # zero padding on H and W of NHWC
         off = (self._rand(2, b) * (2 * pad + 1)).long().to(images.device)
         ys = off[0].view(b, 1) + torch.arange(h, device=images.device).view(1, h)
         xs = off[1].view(b, 1) + torch.arange(w, device=images.device).view(1, w)

@@ -8,12 +8,15 @@ import torch
 from ..utils import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "nadam", "rmsprop")
-SCHEDULERS = ("none", "step", "multistep", "cosine", "onecycle")
+SCHEDULERS = ("none", "step", "multistep", "cosine", "onecycle", "triangle")
+TRIANGLE = (0.2, 0.23, 0.07)    # airbench94's schedule: start factor, peak position (fraction of steps), end factor
 
 
 def build_optimizer(param_groups, cfg) -> torch.optim.Optimizer:
-    """SGD (momentum, nesterov), Adam, AdamW, NAdam or RMSprop, with weight decay."""
+    """SGD (momentum, nesterov), Adam, AdamW, NAdam or RMSprop, with weight decay; the task's ``param_groups``
+    with optim.bias_lr_mult and optim.bias_decay applied to their 1-D parameters."""
     name, lr, wd = cfg.name.lower(), cfg.lr, cfg.weight_decay
+    param_groups = scale_biases(param_groups, cfg)
     betas = tuple(cfg.betas)
     if name == "sgd":
         return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=wd)
@@ -26,6 +29,25 @@ def build_optimizer(param_groups, cfg) -> torch.optim.Optimizer:
     if name == "rmsprop":
         return torch.optim.RMSprop(param_groups, lr=lr, momentum=cfg.momentum, weight_decay=wd)
     raise ConfigError(f"optim.name: unknown optimizer {cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def scale_biases(groups: list[dict], cfg) -> list[dict]:
+    """Each group split into its weights (unchanged) and its 1-D parameters (biases, norm weights) at the group's
+    lr x ``cfg.bias_lr_mult``, decayed at weight_decay / bias_lr_mult with ``cfg.bias_decay`` (then the product
+    lr x decay, the shrink per step, is the weights' own), else as the task chose. At the defaults: ``groups``."""
+    mult = cfg.bias_lr_mult
+    if mult == 1.0 and not cfg.bias_decay:
+        return groups
+    out = []
+    for g in groups:
+        params = list(g["params"])
+        weights, biases = [p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]
+        if weights:
+            out.append({**g, "params": weights})
+        if biases:
+            decay = cfg.weight_decay / mult if cfg.bias_decay else g.get("weight_decay", cfg.weight_decay)
+            out.append({**g, "params": biases, "lr": g.get("lr", cfg.lr) * mult, "weight_decay": decay})
+    return out
 
 
 def lr_multiplier(cfg, epochs: int, steps_per_epoch: int):
@@ -47,6 +69,12 @@ def lr_multiplier(cfg, epochs: int, steps_per_epoch: int):
         if kind == "cosine":
             t = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        if kind == "triangle":      # airbench94: piecewise linear, up from start to 1 at the peak, down to end
+            start, at, end = TRIANGLE
+            peak = int(at * total)
+            if step < peak:
+                return start + (1 - start) * step / peak
+            return 1 + (end - 1) * min(1.0, (step - peak) / max(1, total - peak))
         if kind == "onecycle":      # Smith 2018, torch's OneCycleLR defaults: 30 % up from lr/25, cosine down to lr/1e4
             up = max(1, int(0.3 * total))
             if step < up:

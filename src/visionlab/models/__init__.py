@@ -11,6 +11,7 @@ from torch import nn
 
 from ..registry import Registry
 from ..utils import ConfigError, UserError
+from .airbench import airbench94
 from .drn import drn_c_26, drn_d_22
 from .preact_resnet import preact_resnet18
 from .pretrained import bundled_weights, download_error, download_torchvision, torchvision_classes
@@ -28,6 +29,7 @@ MODELS = Registry("model")
 MODELS.register("mnist_cnn", SeedCNN)
 MODELS.register("mnist_cnn_nobn", partial(SeedCNN, batchnorm=False))
 MODELS.register("resnet18_cifar", resnet18_cifar)
+MODELS.register("airbench94", airbench94)
 MODELS.register("wrn_28_2", wrn_28_2)
 MODELS.register("wrn_28_10", wrn_28_10)
 MODELS.register("preact_resnet18", preact_resnet18)

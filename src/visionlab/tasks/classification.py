@@ -24,6 +24,7 @@ class ClassificationParams:
     cutmix: float = 0.0              # CutMix Beta alpha; 0 = off
     mixup: float = 0.0               # MixUp Beta alpha; 0 = off
     mix_prob: float = 1.0            # chance that a batch is mixed when either is on
+    tta_flip: bool = False           # evaluate on the mean logits of each image and its mirror
     max_examples: int = 64           # misclassified test images kept for the report gallery
 
 
@@ -47,8 +48,12 @@ class ClassificationTask(Task):
 
     def on_train_epoch_start(self, epoch: int) -> None:
         """Set what depends only on the (0-based) epoch, so a resumed run gets it back exactly: the frozen layers
-        after gradual unfreezing, and the progressive image size with its augmentation strength."""
-        self.transfer.at_epoch(getattr(self.model, "module", self.model), epoch)   # under DDP, the wrapped model
+        after gradual unfreezing, the model's own epoch settings (``set_epoch``: airbench94's whitening bias), and
+        the progressive image size with its augmentation strength."""
+        net = getattr(self.model, "module", self.model)       # under DDP, the wrapped model
+        self.transfer.at_epoch(net, epoch)
+        if hasattr(net, "set_epoch"):
+            net.set_epoch(epoch)
         if self.progressive is not None:
             size, reg = self.progressive.at(epoch)
             rotation, padding, cutmix, mixup = self._full_reg
@@ -61,6 +66,8 @@ class ClassificationTask(Task):
 
     def training_step(self, batch) -> dict:
         images, labels = batch
+        if self.global_step == 0:          # a fresh run's first batch (a resumed run has its fitted weights back)
+            self._init_from_data(images)
         x = self.train_tf(images)
         x, targets = mix_batch(x, labels, self.p.num_classes, self.p.cutmix, self.p.mixup, self.p.mix_prob,
                                self.train_tf.generator)
@@ -69,10 +76,26 @@ class ClassificationTask(Task):
         acc = (logits.argmax(1) == targets.argmax(1)).float().mean()
         return {"loss": loss, "acc": acc}
 
+    def _init_from_data(self, images: torch.Tensor) -> None:
+        """A model with a data-dependent initialisation (``init_from_data``: airbench94's whitening filters) gets
+        it from these un-augmented training images, in fp32."""
+        net = getattr(self.model, "module", self.model)
+        if hasattr(net, "init_from_data"):
+            with torch.autocast(images.device.type, enabled=False):
+                net.init_from_data(self.eval_tf(images))
+
     @torch.no_grad()
     def validation_step(self, batch) -> None:
         images, labels = batch
-        self._record(images, labels, self.model(self.eval_tf(images)).float())
+        self._record(images, labels, self.eval_logits(self.eval_tf(images)))
+
+    def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Float logits of a normalised batch as evaluation scores them: with ``tta_flip``, the mean over the
+        image and its horizontal mirror."""
+        logits = self.model(x).float()
+        if self.p.tta_flip:
+            logits = (logits + self.model(x.flip(-1)).float()) / 2
+        return logits
 
     def _record(self, images, labels, logits) -> None:
         """Add one evaluation batch's float logits to the metrics (and the error gallery when collecting)."""
@@ -144,10 +167,11 @@ def build_classification(cfg, info, generator: torch.Generator) -> Classificatio
     info = _pretrained_preprocessing(model, info, cfg)
     input_size = m.input_size or size
     train_tf = BatchAugment(info.mean, info.std, train=True, rotation=d.rotation, crop_padding=d.crop_padding,
-                            hflip=d.hflip, normalize=d.normalize, generator=generator, size=m.input_size)
+                            hflip=d.hflip, normalize=d.normalize, generator=generator, size=m.input_size,
+                            crop_pad_mode=d.crop_pad_mode)
     eval_tf = BatchAugment(info.mean, info.std, train=False, normalize=d.normalize, size=m.input_size)
     params = ClassificationParams(num_classes=info.num_classes, label_smoothing=t.label_smoothing,
-                                  cutmix=d.cutmix, mixup=d.mixup, mix_prob=d.mix_prob)
+                                  cutmix=d.cutmix, mixup=d.mixup, mix_prob=d.mix_prob, tta_flip=t.tta_flip)
     progressive = None
     if t.progressive_stages:
         progressive = ProgressiveSchedule(t.progressive_stages, t.epochs, input_size, t.progressive_min_size,
