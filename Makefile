@@ -17,6 +17,7 @@ test-all:        ## every test, the slow end-to-end runs too (torchrun, SIGKILL 
 
 bench:           ## the speed benchmarks (about 20 minutes on 2 cores)
 	@scripts/setup.sh --dev
+	.venv/bin/python benchmarks/machine_peak.py
 	.venv/bin/python benchmarks/train_throughput.py
 	.venv/bin/python benchmarks/time_to_accuracy.py
 	.venv/bin/python benchmarks/ddp_scaling.py

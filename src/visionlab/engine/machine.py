@@ -49,7 +49,7 @@ def measure_peak(seconds: float = 0.5, matmul_n: int = 2048, conv_shape: tuple =
 
     matmul: a square ``matmul_n`` product (2 n^3 FLOP). conv: a 3x3, stride-1 convolution of a channels_last batch
     ``(batch, channels, size)`` with as many output channels as input (2 * 9 * C_in * C_out * H * W * batch FLOP),
-    the shape of a mid-network CIFAR layer. Each is the fastest call within ``seconds``."""
+    the shape of a mid-network layer of a small-image CNN. Each is the fastest call within ``seconds``."""
     n = matmul_n
     b, c, s = conv_shape
     dtypes = [torch.float32] + ([torch.bfloat16] if cpu_supports_bf16() else [])
