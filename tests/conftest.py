@@ -15,6 +15,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):     # pytest -n N: one thread per work
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("VISIONLAB_DATA", ROOT.parent / "shared" / "data"))
+os.environ["VISIONLAB_DATA"] = str(DATA)      # the in-process CLI (run_cli) reads it as a subprocess would
 
 
 @pytest.fixture(scope="session")
@@ -25,12 +26,51 @@ def data_dir() -> Path:
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None,
-            prefix: list[str] | None = None, python: list[str] | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m visionlab ARGS` in a subprocess, as a user would. ``prefix`` wraps the command (unshare);
-    ``python`` replaces the interpreter (a torchrun launcher)."""
-    full_env = {**os.environ, "VISIONLAB_DATA": str(DATA), **(env or {})}
-    cmd = (prefix or []) + (python or [sys.executable]) + ["-m", "visionlab", *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+            prefix: list[str] | None = None, python: list[str] | None = None,
+            fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run `visionlab ARGS` as a user would and return its exit code, stdout and stderr.
+
+    By default in this process, through the CLI's own ``main()`` (what `python -m visionlab` runs), with sys.argv,
+    stdout, stderr, warnings and torch's thread count as a fresh process would see them: that saves a torch +
+    torchvision import (seconds on a slow CPU) per call. In a subprocess when the call needs one: ``prefix`` wraps
+    the command (unshare), ``python`` replaces the interpreter (a torchrun launcher), another ``cwd`` or ``env``, or
+    ``fresh=True`` (process-level behaviour: what a new interpreter imports, signals, a crash's exit code)."""
+    if prefix or python or cwd or env or fresh:
+        full_env = {**os.environ, "VISIONLAB_DATA": str(DATA), **(env or {})}
+        cmd = (prefix or []) + (python or [sys.executable]) + ["-m", "visionlab", *args]
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    return _run_in_process(list(args))
+
+
+def _run_in_process(args: list[str]) -> subprocess.CompletedProcess:
+    import contextlib
+    import io
+    import traceback
+    import warnings
+
+    import torch
+
+    from visionlab.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, threads = sys.argv, torch.get_num_threads()
+    sys.argv = [str(ROOT / "src" / "visionlab" / "__main__.py"), *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter("default")          # shown once per call, on the captured stderr, as in a process
+            warnings.showwarning = lambda msg, cat, fn, ln, file=None, line=None: sys.stderr.write(
+                warnings.formatwarning(msg, cat, fn, ln, line))
+            try:
+                code = main(args)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:                         # noqa: BLE001  what the interpreter does with an uncaught error
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv = argv
+        torch.set_num_threads(threads)                # train.threads=N must not leak into the next test
+    return subprocess.CompletedProcess(["visionlab", *args], code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture
