@@ -70,3 +70,26 @@ def test_beta_sampler_mean():
     g = torch.Generator().manual_seed(0)
     draws = np.array([_beta(0.4, g) for _ in range(4000)])
     assert abs(draws.mean() - 0.5) < 0.03 and abs(draws.var() - 0.25 / (2 * 0.4 + 1)) < 0.02
+
+
+def test_colour_jitter_matches_torchvision_on_real_cifar_images(data_dir):
+    """data.color_jitter: each image's brightness, contrast and saturation factors (drawn from the generator) give
+    what torchvision's adjust_brightness -> adjust_contrast -> adjust_saturation give, then the normalization."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    files = sorted((data_dir / "cifar10" / "test" / "cat").glob("*.jpg"))[:6]
+    x = torch.from_numpy(np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]))
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    tf = BatchAugment(mean, std, train=True, color_jitter=0.4, generator=torch.Generator().manual_seed(3))
+    out = tf(x)
+    f = 1 + 0.4 * (2 * torch.rand(6, 3, generator=torch.Generator().manual_seed(3)) - 1)    # the same draw
+    v = x.permute(0, 3, 1, 2).float() / 255
+    want = torch.stack([TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(v[k], float(b)), float(c)),
+                                             float(s)) for k, (b, c, s) in enumerate(f)])
+    got = out * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)
+    err = (got - want).abs()            # clamped once, not after each step: tiny differences where a channel saturates
+    assert (f - 1).abs().max() > 0.2 and err.mean() < 2e-3 and (err > 2 / 255).float().mean() < 0.02, err.max()
+    assert (got - v).abs().mean() > 0.02                                         # it did change the images
+    still = BatchAugment(mean, std, train=False, color_jitter=0.4)(x)           # evaluation never jitters
+    assert torch.allclose(still, (v - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))

@@ -49,6 +49,8 @@ class DataConfig:
     crop_pad_mode: str = opt("zeros", "what data.crop_padding pads with: zeros, or reflect (mirrored border pixels; "
                                       "airbench)")
     hflip: bool = opt(False, "random horizontal flip")
+    color_jitter: float = opt(0.0, "random brightness, contrast and saturation factors U(1 - j, 1 + j) per image; "
+                                   "0 = off", ge=0, lt=1)
     cutmix: float = opt(0.0, "CutMix beta(alpha) parameter; 0 turns it off", ge=0)
     mixup: float = opt(0.0, "MixUp beta(alpha) parameter; 0 turns it off", ge=0)
     mix_prob: float = opt(1.0, "probability that a batch gets CutMix/MixUp when either is on", ge=0, le=1)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .transforms import jitter_colors
+
 IGNORE = 255
 
 
@@ -125,7 +127,7 @@ class BatchSegAugment:
         post = 1.0 / (255.0 * std)
         if p.jitter is None:
             return torch.mul(x, post, out=out), y
-        v = self._jitter(x, p.jitter.to(dev), mean)                       # 0..255 units
+        v = jitter_colors(x, p.jitter.to(dev), mean)                       # 0..255 units
         torch.addcmul(-255.0 * mean * post, v, post, out=out)             # normalize
         inside = self._inside(grid, h, w) if grid is not None else None
         if inside is not None:                                            # padding stays the mean colour (0)
@@ -144,20 +146,3 @@ class BatchSegAugment:
         if bool(vy.all()) and bool(vx.all()):
             return None
         return (vy[:, :, None] * vx[:, None, :]).unsqueeze(1)
-
-    @staticmethod
-    def _jitter(x: torch.Tensor, f: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """Brightness b, contrast c, saturation s (torchvision's definitions) on a centred image x = 255 (v - mean),
-        v in [0, 1], composed into one colour matrix per image (one batched matmul over the pixels) and clamped
-        once; returns 255 v' in 0..255:  v' = s c b v + (1 - s) c b gray(v) + (1 - c) b mean(gray(v))."""
-        b, c = x.shape[:2]
-        bb, cc, ss = f[:, 0], f[:, 1], f[:, 2]
-        wts = torch.tensor([0.299, 0.587, 0.114] if c == 3 else [1.0 / c] * c, device=x.device)
-        mean = mean.view(-1)
-        a = ss * cc * bb                                                   # [B]
-        bg = (1 - ss) * cc * bb
-        mg = ((x.mean((2, 3)) / 255.0 + mean) * wts).sum(1)                # mean gray of v, [B]
-        matrix = a.view(b, 1, 1) * torch.eye(c, device=x.device) + bg.view(b, 1, 1) * wts.view(1, 1, c)
-        k = 255.0 * (a.view(b, 1) * mean + (bg * (mean * wts).sum() + (1 - cc) * bb * mg).view(b, 1))
-        v = torch.baddbmm(k.unsqueeze(2), matrix, x.reshape(b, c, -1))
-        return v.view(x.shape).clamp_(0.0, 255.0)

@@ -1,4 +1,4 @@
-"""Batched augmentation on uint8 image batches (crop, flip, rotation, resize, normalize, CutMix/MixUp).
+"""Batched augmentation on uint8 image batches (crop, flip, colour jitter, rotation, resize, normalize, CutMix/MixUp).
 
 Whole-batch tensor ops instead of per-sample PIL: about 4 us/img against 50 us/img (design notes, section 7).
 """
@@ -22,7 +22,7 @@ class BatchAugment:
 
     def __init__(self, mean, std, train: bool, rotation: float = 0.0, crop_padding: int = 0, hflip: bool = False,
                  normalize: bool = True, generator: torch.Generator | None = None, size: int = 0,
-                 crop_pad_mode: str = "zeros"):
+                 crop_pad_mode: str = "zeros", color_jitter: float = 0.0):
         if crop_pad_mode not in PAD_MODES:
             raise ConfigError(f"data.crop_pad_mode={crop_pad_mode!r}: choose one of {', '.join(PAD_MODES)}")
         self.mean = torch.tensor(mean if normalize else [0.0] * len(mean)).view(1, -1, 1, 1)
@@ -32,6 +32,7 @@ class BatchAugment:
         self.crop_padding = crop_padding if train else 0
         self.crop_pad_mode = crop_pad_mode
         self.hflip = hflip and train
+        self.color_jitter = color_jitter if train else 0.0
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.size = size            # resize to size x size after augmenting (pretrained backbones, progressive)
 
@@ -47,6 +48,8 @@ class BatchAugment:
         if self.hflip:
             flip = (self._rand(x.shape[0]) < 0.5).to(device).view(-1, 1, 1, 1)
             x = torch.where(flip, x.flip(-1), x)
+        if self.color_jitter:
+            x = self._jitter(x)
         if self.rotation:
             x = self._rotate(x, self.rotation)
         if self.size and tuple(x.shape[-2:]) != (self.size, self.size):
@@ -66,6 +69,13 @@ class BatchAugment:
         xs = off[1].view(b, 1) + torch.arange(w, device=images.device).view(1, w)
         bi = torch.arange(b, device=images.device).view(b, 1, 1)
         return padded[bi, ys.view(b, h, 1), xs.view(b, 1, w)]
+
+    def _jitter(self, x: torch.Tensor) -> torch.Tensor:
+        """Brightness, contrast and saturation of each image by factors U(1 - j, 1 + j) (torchvision's definitions,
+        as the segmentation augmentation), on [0, 1] images."""
+        f = 1 + self.color_jitter * (2 * self._rand(x.shape[0], 3) - 1)
+        mean = self.mean.to(x.device)
+        return jitter_colors((x - mean) * 255.0, f.to(x.device), mean).div_(255.0)
 
     def _rotate(self, x: torch.Tensor, degrees: float) -> torch.Tensor:
         b = x.shape[0]
@@ -146,3 +156,20 @@ class ProgressiveSchedule:
         size = self.min_size + t * (self.full_size - self.min_size)
         size = self.full_size if t >= 1 else max(8, int(round(size / 8)) * 8)
         return size, self.min_reg + t * (1.0 - self.min_reg)
+
+
+def jitter_colors(x: torch.Tensor, f: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """Brightness b, contrast c, saturation s (torchvision's definitions) on a centred image x = 255 (v - mean),
+    v in [0, 1], composed into one colour matrix per image (one batched matmul over the pixels) and clamped
+    once; returns 255 v' in 0..255:  v' = s c b v + (1 - s) c b gray(v) + (1 - c) b mean(gray(v))."""
+    b, c = x.shape[:2]
+    bb, cc, ss = f[:, 0], f[:, 1], f[:, 2]
+    wts = torch.tensor([0.299, 0.587, 0.114] if c == 3 else [1.0 / c] * c, device=x.device)
+    mean = mean.view(-1)
+    a = ss * cc * bb                                                   # [B]
+    bg = (1 - ss) * cc * bb
+    mg = ((x.mean((2, 3)) / 255.0 + mean) * wts).sum(1)                # mean gray of v, [B]
+    matrix = a.view(b, 1, 1) * torch.eye(c, device=x.device) + bg.view(b, 1, 1) * wts.view(1, 1, c)
+    k = 255.0 * (a.view(b, 1) * mean + (bg * (mean * wts).sum() + (1 - cc) * bb * mg).view(b, 1))
+    v = torch.baddbmm(k.unsqueeze(2), matrix, x.reshape(b, c, -1))
+    return v.view(x.shape).clamp_(0.0, 255.0)
