@@ -349,7 +349,7 @@ def plot_confusions(data: dict, path: Path) -> bool:
             rows = cm.sum(axis=1, keepdims=True)
             norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
             names = classes if len(classes) == cm.shape[0] else [str(k) for k in range(cm.shape[0])]
-            plots._confusion_panel(ax, norm, names, f"{v} | held out {t} (seed {c['seed']})", ".2f", 1.0)
+            plots.confusion_panel(ax, norm, names, f"{v} | held out {t} (seed {c['seed']})", ".2f", 1.0)
     plots.save_figure(fig, path)
     return True
 

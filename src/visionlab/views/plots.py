@@ -33,7 +33,7 @@ def _short(name: str, width: int = 14) -> str:
     return name if len(name) <= width else name[: width - 1] + "\u2026"
 
 
-def _confusion_panel(ax, mat: np.ndarray, classes: Sequence[str], title: str, fmt: str, vmax: float) -> None:
+def confusion_panel(ax, mat: np.ndarray, classes: Sequence[str], title: str, fmt: str, vmax: float) -> None:
     c = mat.shape[0]
     im = ax.imshow(mat, cmap="Blues", vmin=0, vmax=vmax if vmax > 0 else 1, interpolation="nearest")
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
@@ -61,8 +61,8 @@ def plot_confusion(confusion, classes: Sequence[str], path: str | os.PathLike) -
     side = min(max(4.0, 0.45 * cm.shape[0] + 2.5), 16.0)
     fig = Figure(figsize=(2 * side + 1, side), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
-    _confusion_panel(ax1, cm, classes, "counts", "d", float(cm.max()) if cm.size else 0.0)
-    _confusion_panel(ax2, norm, classes, "row-normalized (recall)", ".2f", 1.0)
+    confusion_panel(ax1, cm, classes, "counts", "d", float(cm.max()) if cm.size else 0.0)
+    confusion_panel(ax2, norm, classes, "row-normalized (recall)", ".2f", 1.0)
     save_figure(fig, path)
 
 
