@@ -44,6 +44,27 @@ def build_arm(config: str | None, overrides: list[str]):
     return task, loader, resolve_precision(cfg.train.precision, torch.device("cpu")), cfg
 
 
+def time_arms(arms: dict, steps: int, reps: int) -> dict:
+    """Median ms per training step of each arm (name -> build_arm's tuple): one warm-up step each, then ``reps``
+    rounds in which every arm takes ``steps`` steps on fresh batches of its loader, so that drift in the machine's
+    load hits all arms alike."""
+    import time
+
+    iters = {m: iter(loader) for m, (_, loader, _, _) in arms.items()}
+    times: dict[str, list[float]] = {m: [] for m in arms}
+    for m, (task, _, precision, _) in arms.items():
+        task.model.train()
+        train_step(task, next(iters[m]), precision)
+    for _ in range(reps):
+        for m, (task, _, precision, _) in arms.items():
+            batches = [next(iters[m]) for _ in range(steps)]
+            t0 = time.perf_counter()
+            for b in batches:
+                train_step(task, b, precision)
+            times[m].append((time.perf_counter() - t0) / steps)
+    return {m: 1000 * sorted(v)[len(v) // 2] for m, v in times.items()}
+
+
 def train_step(task, batch, precision: str) -> None:
     """One training step of ``task`` on the CPU as the engine takes it: the task's step under the run's precision,
     then backward and the "main" optimizer (a task under manual optimization has stepped its own)."""

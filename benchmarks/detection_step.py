@@ -9,9 +9,8 @@ Last line: RESULT <arm>_ms=<ms> ... <arm>_over_<first>=<x> ...
 from __future__ import annotations
 
 import sys
-import time
 
-from _common import ROOT, build_arm, machine_peak, of_peak, train_step, training_flop_per_s
+from _common import ROOT, build_arm, machine_peak, of_peak, time_arms, training_flop_per_s
 
 import torch
 
@@ -35,19 +34,7 @@ def main(argv: list[str]) -> None:
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}")
     peak = machine_peak()
     print(f"config {config} {' '.join(common)}; {steps} steps per arm, median of {reps}")
-    iters = {m: iter(loader) for m, (_, loader, _, _) in arms.items()}
-    times: dict[str, list[float]] = {m: [] for m in arms}
-    for m, (task, _, precision, _) in arms.items():          # warm-up
-        task.model.train()
-        train_step(task, next(iters[m]), precision)
-    for _ in range(reps):
-        for m, (task, _, precision, _) in arms.items():
-            batches = [next(iters[m]) for _ in range(steps)]
-            t0 = time.perf_counter()
-            for b in batches:
-                train_step(task, b, precision)
-            times[m].append((time.perf_counter() - t0) / steps)
-    ms = {m: 1000 * sorted(v)[len(v) // 2] for m, v in times.items()}
+    ms = time_arms(arms, steps, reps)
     print(f"{'arm':<12} {'model':<18} {'precision':<10} {'ms/step':>9} {'img/s':>7} {'x ' + first:>10} "
           f"{'GFLOP/s':>8} {'of peak':>8}")
     for m, (task, _, precision, cfg) in arms.items():

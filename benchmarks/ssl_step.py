@@ -12,9 +12,8 @@ Last line: RESULT supervised_ms=<ms> <method>_ms=<ms> ... <method>_over_supervis
 from __future__ import annotations
 
 import sys
-import time
 
-from _common import ROOT, build_arm, machine_peak, of_peak, train_step, training_flop_per_s
+from _common import ROOT, build_arm, machine_peak, of_peak, time_arms, training_flop_per_s
 
 import torch
 
@@ -39,19 +38,7 @@ def main(argv: list[str]) -> None:
     peak = machine_peak()
     print(f"config {config} {' '.join(overrides)}: model {cfg.model.name}, batch {cfg.train.batch_size} labelled + "
           f"mu {cfg.ssl.mu:g} x unlabelled, precision {arms['supervised'][2]}; {steps} steps per arm, median of {reps}")
-    times: dict[str, list[float]] = {m: [] for m in methods}
-    iters = {m: iter(loader) for m, (_, loader, _, _) in arms.items()}
-    for m, (task, _, precision, _) in arms.items():          # warm-up
-        task.model.train()
-        train_step(task, next(iters[m]), precision)
-    for _ in range(reps):
-        for m, (task, _, precision, _) in arms.items():
-            batches = [next(iters[m]) for _ in range(steps)]
-            t0 = time.perf_counter()
-            for b in batches:
-                train_step(task, b, precision)
-            times[m].append((time.perf_counter() - t0) / steps)
-    ms = {m: 1000 * sorted(v)[len(v) // 2] for m, v in times.items()}
+    ms = time_arms(arms, steps, reps)
     base = ms["supervised"]
     flops = arms["supervised"][0].flops_per_image()
     print(f"{'method':<14} {'ms/step':>9} {'x supervised':>13} {'images forwarded':>17} {'of peak':>8}")
