@@ -21,7 +21,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from _common import ROOT, machine_peak, of_peak, training_flop_per_s
+from _common import ROOT, TRAIN_FLOPS_PER_FORWARD, machine_peak, of_peak, training_flop_per_s
 
 import torch
 
@@ -45,7 +45,7 @@ def main(argv: list[str]) -> None:
     for k in range(n):
         s = json.loads((parent / f"seed-{k}" / "summary.json").read_text())
         t = s["timings"]
-        flops = 3 * s["flops_per_image"] * s["train_size"] * s["epochs_run"]
+        flops = TRAIN_FLOPS_PER_FORWARD * s["flops_per_image"] * s["train_size"] * s["epochs_run"]
         bound = flops / peak_for(peak, s["precision"])
         rows.append({"acc": s["test/acc"], "train_s": t["train_s"], "bound_s": bound, "precision": s["precision"],
                      "of_peak": of_peak(training_flop_per_s(s["flops_per_image"], t["train_img_per_s"]),
