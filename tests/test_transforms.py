@@ -93,3 +93,13 @@ def test_colour_jitter_matches_torchvision_on_real_cifar_images(data_dir):
     assert (got - v).abs().mean() > 0.02                                         # it did change the images
     still = BatchAugment(mean, std, train=False, color_jitter=0.4)(x)           # evaluation never jitters
     assert torch.allclose(still, (v - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+
+
+def test_colour_jitter_out_of_range_is_a_config_error_naming_the_key():
+    import pytest
+
+    from visionlab.config import load_config
+    from visionlab.utils import ConfigError
+
+    with pytest.raises(ConfigError, match="data.color_jitter"):
+        load_config(None, ["data.color_jitter=1.5"])          # a factor range U(-0.5, 2.5) would invert colours
