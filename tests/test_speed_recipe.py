@@ -150,3 +150,18 @@ def test_recipe_learns_cifar10_through_the_pipeline(data_dir, tmp_path):
     assert r.summary["test/acc"] > 0.25, r.summary["test/acc"]
     weights = load_checkpoint(r.run_dir / "checkpoints" / "best.safetensors")["weights"]      # the final EMA model
     assert not torch.equal(weights["whiten.weight"], Whitening(3).weight)       # fitted to the first batch
+
+
+def test_translate_tta_weights_the_shifted_views_as_airbench_level_2():
+    _, task = _task("train.tta_translate=1")
+    _, flip = _task()
+    flip.model.load_state_dict(task.model.state_dict())
+    task.model.eval()
+    flip.model.eval()
+    x = task.eval_tf(_images(4))
+    padded = torch.nn.functional.pad(x, (1,) * 4, mode="reflect")
+    with torch.no_grad():
+        base, up_left, down_right = (flip.eval_logits(v.contiguous()) for v in
+                                     (x, padded[..., :32, :32], padded[..., 2:, 2:]))
+        assert torch.allclose(task.eval_logits(x), base / 2 + (up_left + down_right) / 4, atol=1e-5)
+        assert not torch.allclose(up_left, base, atol=1e-4)       # the shifted views do change the logits

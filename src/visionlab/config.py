@@ -140,6 +140,9 @@ class TrainConfig:
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing", ge=0, lt=1)
     tta_flip: bool = opt(False, "classification: evaluate (val and test) on the mean logits of each image and its "
                                 "horizontal mirror (test-time augmentation)")
+    tta_translate: int = opt(0, "classification: also evaluate copies shifted by this many pixels up-left and "
+                                "down-right (reflect padding), weighted as airbench's level-2 TTA: half the unshifted "
+                                "view(s), a quarter each shifted one; 0 = off", ge=0)
     grad_clip: float = opt(0.0, "clip gradient norm to this value; 0 = off", ge=0)
     ema_decay: float = opt(0.0, "keep an exponential moving average of weights with this decay; 0 = off", ge=0, lt=1)
     early_stop: int = opt(0, "stop after this many epochs without improving the primary metric; 0 = off", ge=0)
@@ -322,7 +325,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "tra
             "dcgan": DCGANConfig, "ddpm": DDPMConfig, "ssl": SSLConfig, "dg": DGConfig}
 # What `visionlab eval` may change besides run.EVAL_KEYS, per task: whole sections or single keys that say how a
 # run is evaluated or sampled (never its architecture).
-TASK_EVAL_KEYS = {"classification": ("train.tta_flip",), "segmentation": ("segmentation",), "vae": ("fid",),
+TASK_EVAL_KEYS = {"classification": ("train.tta_flip", "train.tta_translate"), "segmentation": ("segmentation",), "vae": ("fid",),
                   "dcgan": ("fid",),
                   "detection": ("detection.eval_score_threshold", "detection.score_threshold", "detection.nms_iou",
                                 "detection.max_detections"),

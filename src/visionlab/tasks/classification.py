@@ -25,6 +25,7 @@ class ClassificationParams:
     mixup: float = 0.0               # MixUp Beta alpha; 0 = off
     mix_prob: float = 1.0            # chance that a batch is mixed when either is on
     tta_flip: bool = False           # evaluate on the mean logits of each image and its mirror
+    tta_translate: int = 0           # and on copies shifted by this many pixels (airbench's level-2 TTA)
     max_examples: int = 64           # misclassified test images kept for the report gallery
 
 
@@ -91,7 +92,19 @@ class ClassificationTask(Task):
 
     def eval_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Float logits of a normalised batch as evaluation scores them: with ``tta_flip``, the mean over the
-        image and its horizontal mirror."""
+        image and its horizontal mirror; with ``tta_translate`` = t, half that plus a quarter each of the same for
+        the image shifted t pixels up-left and t down-right (reflect-padded), as airbench's level-2 TTA."""
+        logits = self._view_logits(x)
+        t = self.p.tta_translate
+        if t:
+            h, w = x.shape[-2:]
+            padded = F.pad(x, (t,) * 4, mode="reflect")
+            shifted = [padded[..., :h, :w], padded[..., 2 * t:, 2 * t:]]
+            logits = logits / 2 + sum(self._view_logits(v.contiguous(memory_format=torch.channels_last))
+                                      for v in shifted) / 4
+        return logits
+
+    def _view_logits(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.model(x).float()
         if self.p.tta_flip:
             logits = (logits + self.model(x.flip(-1)).float()) / 2
@@ -171,7 +184,8 @@ def build_classification(cfg, info, generator: torch.Generator) -> Classificatio
                             crop_pad_mode=d.crop_pad_mode, color_jitter=d.color_jitter)
     eval_tf = BatchAugment(info.mean, info.std, train=False, normalize=d.normalize, size=m.input_size)
     params = ClassificationParams(num_classes=info.num_classes, label_smoothing=t.label_smoothing,
-                                  cutmix=d.cutmix, mixup=d.mixup, mix_prob=d.mix_prob, tta_flip=t.tta_flip)
+                                  cutmix=d.cutmix, mixup=d.mixup, mix_prob=d.mix_prob, tta_flip=t.tta_flip,
+                                  tta_translate=t.tta_translate)
     progressive = None
     if t.progressive_stages:
         progressive = ProgressiveSchedule(t.progressive_stages, t.epochs, input_size, t.progressive_min_size,
