@@ -3,16 +3,18 @@ over seeds, against the recipe's FLOP lower bound at this machine's measured pea
 
 Like airbench, the recipe has a fixed length: its time is the training time of the whole run (first batch to last;
 data load and the test evaluation excluded), and a seed "reaches 94 %" when its final test accuracy (the final EMA
-model with flip TTA; the test split chooses nothing) is >= 94 %. The lower bound is the training FLOPs (3 x forward
-FLOPs per image x images seen) divided by the measured conv peak in the run's precision: no machine trains this
-network faster than that. The goal is within 2x of it.
+model with flip + translate TTA; the test split chooses nothing) is >= 94 %. The lower bound is the training FLOPs
+(3 x forward FLOPs per image x images seen) divided by the measured conv peak in the run's precision: no machine
+trains this network faster than that. The goal is within 2x of it.
 
 Seeds go to runs/bench_cifar10_speed/seed-k (finished seeds are skipped, an interrupted one resumes), so a long
 benchmark can be stopped and continued; `visionlab report runs/bench_cifar10_speed` shows the seeds report.
 
-    .venv/bin/python benchmarks/cifar10_speed.py [n=5] [threads=N] [out_dir=runs] [KEY=VALUE ...]
-Last line: RESULT mean_acc=<a> reached=<k>/<n> time_to_94_s=<t> lower_bound_s=<b> over_bound=<x> of_peak=<f>
-    outside_step=<o> precision=<p> cpu=<model>
+    .venv/bin/python benchmarks/cifar10_speed.py [n=5] [threads=N] [target=0.94] [out_dir=runs] [KEY=VALUE ...]
+target= sets the accuracy a seed must reach (the JPEG copy of CIFAR-10 in $VISIONLAB_DATA is quality 75 with 4:2:0
+chroma: airbench94's own procedure reaches about 90.8 % on it, see the README).
+Last line: RESULT mean_acc=<a> reached=<k>/<n> target=<t> time_to_target_s=<t> lower_bound_s=<b> over_bound=<x>
+    of_peak=<f> outside_step=<o> precision=<p> cpu=<model>
 """
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ from _common import ROOT, TRAIN_FLOPS_PER_FORWARD, machine_peak, of_peak, traini
 import torch
 
 CONFIG = ROOT / "configs" / "cifar10_speed.yaml"
-TARGET = 0.94
 
 
 def main(argv: list[str]) -> None:
@@ -37,6 +38,7 @@ def main(argv: list[str]) -> None:
     if "threads" in kv:
         torch.set_num_threads(int(kv.pop("threads")))
     n = int(kv.pop("n", 5))
+    target = float(kv.pop("target", 0.94))
     overrides = [f"{k}={v}" for k, v in {"name": "bench_cifar10_speed", "train.progress": "false",
                                          "train.tensorboard": "false", **kv}.items()]
     peak = machine_peak()
@@ -52,19 +54,20 @@ def main(argv: list[str]) -> None:
                                         s["precision"], peak),
                      "outside": t.get("outside_step_fraction")})
         r = rows[-1]
-        print(f"seed {k}: test acc {100 * r['acc']:.2f} % ({'reached' if r['acc'] >= TARGET else 'below'} 94 %), "
+        verdict = "reached" if r["acc"] >= target else "below"
+        print(f"seed {k}: test acc {100 * r['acc']:.2f} % ({verdict} {100 * target:g} %), "
               f"train {r['train_s']:.0f} s = {r['train_s'] / bound:.2f}x the lower bound {bound:.0f} s "
               f"({flops / 1e12:.0f} TFLOP at the {r['precision']} conv peak); {100 * r['of_peak']:.1f} % of peak, "
               f"{100 * (r['outside'] or 0):.1f} % of the time outside the model step")
     accs = [r["acc"] for r in rows]
-    reached = [r for r in rows if r["acc"] >= TARGET]
+    reached = [r for r in rows if r["acc"] >= target]
     mean = lambda key, rs=rows: statistics.fmean(r[key] for r in rs)         # noqa: E731
     sd = statistics.stdev(accs) if n > 1 else 0.0
     print(f"{n} seeds: test acc {100 * statistics.fmean(accs):.2f} +- {100 * sd:.2f} % (mean +- std), "
-          f"{len(reached)}/{n} reached 94 %; train {mean('train_s'):.0f} s per run = "
+          f"{len(reached)}/{n} reached {100 * target:g} %; train {mean('train_s'):.0f} s per run = "
           f"{mean('train_s') / mean('bound_s'):.2f}x the FLOP lower bound {mean('bound_s'):.0f} s")
-    print(f"RESULT mean_acc={statistics.fmean(accs):.4f} reached={len(reached)}/{n} "
-          f"time_to_94_s={mean('train_s', reached) if reached else float('nan'):.0f} "
+    print(f"RESULT mean_acc={statistics.fmean(accs):.4f} reached={len(reached)}/{n} target={target} "
+          f"time_to_target_s={mean('train_s', reached) if reached else float('nan'):.0f} "
           f"lower_bound_s={mean('bound_s'):.0f} over_bound={mean('train_s') / mean('bound_s'):.2f} "
           f"of_peak={mean('of_peak'):.3f} outside_step={mean('outside'):.3f} precision={rows[0]['precision']} "
           f"cpu={cpu_info()['model']!r}")
