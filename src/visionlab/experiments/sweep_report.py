@@ -214,7 +214,8 @@ def render_sweep(sweep_dir: str | Path) -> Path:
         sections.append(("Objective against each parameter", [("image", "sweep.png", "objective per parameter")]))
     sections.append(("Trials", [("table", cols, [[r[c] for c in cols] for r in rows])]))
     if (d / "best.yaml").is_file():
-        sections.append(("Best config (`visionlab train best.yaml`)", [("code", (d / "best.yaml").read_text())]))
+        sections.append(("Best config (run it: visionlab train best.yaml)",
+                         [("code", (d / "best.yaml").read_text())]))
     if (d / "confirm.json").is_file():
         conf = read_json(d / "confirm.json")
         head, trows = confirm_table(conf["configs"], conf["metrics"])
