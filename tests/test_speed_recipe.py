@@ -65,8 +65,8 @@ def test_reflect_padded_crop_is_the_reflect_pad_window():
 
 
 def test_flip_tta_averages_the_image_and_its_mirror():
-    _, task = _task()
-    _, plain = _task("train.tta_flip=false")
+    _, task = _task("train.tta_translate=0")
+    _, plain = _task("train.tta_flip=false", "train.tta_translate=0")
     plain.model.load_state_dict(task.model.state_dict())
     task.model.eval()
     plain.model.eval()
@@ -154,7 +154,7 @@ def test_recipe_learns_cifar10_through_the_pipeline(data_dir, tmp_path):
 
 def test_translate_tta_weights_the_shifted_views_as_airbench_level_2():
     _, task = _task("train.tta_translate=1")
-    _, flip = _task()
+    _, flip = _task("train.tta_translate=0")
     flip.model.load_state_dict(task.model.state_dict())
     task.model.eval()
     flip.model.eval()
