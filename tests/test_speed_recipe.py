@@ -165,3 +165,5 @@ def test_translate_tta_weights_the_shifted_views_as_airbench_level_2():
                                      (x, padded[..., :32, :32], padded[..., 2:, 2:]))
         assert torch.allclose(task.eval_logits(x), base / 2 + (up_left + down_right) / 4, atol=1e-5)
         assert not torch.allclose(up_left, base, atol=1e-4)       # the shifted views do change the logits
+    with pytest.raises(ConfigError, match="train.tta_translate=32"):        # reflect padding needs a shift < 32 px
+        _task("train.tta_translate=32")

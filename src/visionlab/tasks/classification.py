@@ -172,6 +172,10 @@ def build_classification(cfg, info, generator: torch.Generator) -> Classificatio
         raise ConfigError(f"task=classification with model.name={m.name} and data.name={d.name}: a segmentation "
                           "model or mask dataset needs task=segmentation")
     size = info.image_size[0]
+    side = m.input_size or min(info.image_size)
+    if t.tta_translate >= side:
+        raise ConfigError(f"train.tta_translate={t.tta_translate}: the shifted test-time views reflect-pad the "
+                          f"{side}-pixel images, so the shift must be under {side} pixels; airbench uses 1")
     # resolved once and stored in the sidecar, so load_run (which rebuilds without pretrained) gets the same network
     m.stem = resolve_stem(m.stem, m.input_size or size, m.pretrained)
     model = build_model(m.name, info.num_classes, info.channels, pretrained=m.pretrained, weights=m.weights,
