@@ -108,8 +108,9 @@ def main() -> None:
           f"test acc after 1 epoch {ours_acc:.4f}; {run_efficiency(s, peak)}")
     bare_rate, flops, precision = bare_step()
     bare_frac = of_peak(training_flop_per_s(flops, bare_rate), precision, peak)
-    print(f"bare model step ({precision}, batches fetched before timing): {bare_rate:.0f} img/s = {100 * bare_frac:.1f} % of "
-          f"the {precision} conv peak; end to end runs at {ours_rate / bare_rate:.2f}x of it")
+    print(f"bare model step ({precision}, batches fetched before timing): {bare_rate:.0f} img/s = "
+          f"{100 * bare_frac:.1f} % of the {precision} conv peak; "
+          f"end to end runs at {ours_rate / bare_rate:.2f}x of it")
     print(f"RESULT ratio={ours_rate / base_rate:.2f} ours_img_s={ours_rate:.0f} baseline_img_s={base_rate:.0f} "
           f"acc_delta={100 * (ours_acc - base_acc):+.2f} ours_over_bare={ours_rate / bare_rate:.2f} "
           f"bare_of_peak={bare_frac:.3f} ours_outside_step={s['timings']['outside_step_fraction']:.3f}")

@@ -4,9 +4,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
+from visionlab.config import load_config
 from visionlab.data.transforms import BatchAugment, mix_batch
+from visionlab.utils import ConfigError
 
 
 def _batch(b=4, h=8, w=8, c=1):
@@ -96,10 +99,5 @@ def test_colour_jitter_matches_torchvision_on_real_cifar_images(data_dir):
 
 
 def test_colour_jitter_out_of_range_is_a_config_error_naming_the_key():
-    import pytest
-
-    from visionlab.config import load_config
-    from visionlab.utils import ConfigError
-
     with pytest.raises(ConfigError, match="data.color_jitter"):
         load_config(None, ["data.color_jitter=1.5"])          # a factor range U(-0.5, 2.5) would invert colours

@@ -325,8 +325,8 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "tra
             "dcgan": DCGANConfig, "ddpm": DDPMConfig, "ssl": SSLConfig, "dg": DGConfig}
 # What `visionlab eval` may change besides run.EVAL_KEYS, per task: whole sections or single keys that say how a
 # run is evaluated or sampled (never its architecture).
-TASK_EVAL_KEYS = {"classification": ("train.tta_flip", "train.tta_translate"), "segmentation": ("segmentation",), "vae": ("fid",),
-                  "dcgan": ("fid",),
+TASK_EVAL_KEYS = {"classification": ("train.tta_flip", "train.tta_translate"), "segmentation": ("segmentation",),
+                  "vae": ("fid",), "dcgan": ("fid",),
                   "detection": ("detection.eval_score_threshold", "detection.score_threshold", "detection.nms_iou",
                                 "detection.max_detections"),
                   "ddpm": ("fid", "ddpm.sampler", "ddpm.sample_steps")}
