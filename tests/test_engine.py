@@ -1,11 +1,12 @@
-"""Engine pieces: schedules against torch's own, optimizers, atomic single-file checkpoints."""
+"""Engine pieces: schedules against torch's own, optimizers, weight averaging, atomic single-file checkpoints."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from visionlab.config import OptimConfig
+from visionlab.config import OptimConfig, TrainConfig
 from visionlab.engine import build_optimizer, build_scheduler, load_checkpoint, save_checkpoint
+from visionlab.engine.averaging import Lookahead, build_averaging
 from visionlab.engine.loop import TIMING_KEYS
 from visionlab.engine.optim import lr_multiplier
 from visionlab.utils import ConfigError, UserError, atomic_write_bytes
@@ -289,3 +290,71 @@ def test_a_key_logged_by_some_steps_is_averaged_over_those_steps():
     assert means["train/loss"] == pytest.approx((10 + 90 + 40) / 60)
     assert means["train/mask"] == pytest.approx((5 + 27) / 40)
     assert _means({"n": 4, "seconds": 1.0, "loss": 8.0}) == {"train/loss": 2.0}     # a run saved before counts
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+
+
+def _fake_step(net: torch.nn.Module, k: int) -> None:
+    """Stand-in for an optimizer step: new weights and BatchNorm statistics (the step counter too)."""
+    g = torch.Generator().manual_seed(100 + k)
+    with torch.no_grad():
+        for t in net.state_dict().values():
+            t.add_(torch.randn(t.shape, generator=g).to(t.dtype) if t.is_floating_point() else 1)
+
+
+@pytest.mark.parametrize("total", [23, 25])      # the last step between two updates, and on one
+def test_lookahead_is_airbench94s(total):
+    net, ref = _net(), _net()
+    la = Lookahead(net, total)
+    # airbench94's loop, written out: every 5 steps lerp toward the weights with 1 - rho and copy back; at the
+    # end copy the slow weights into the net (its update with decay 1)
+    slow = {k: v.clone() for k, v in ref.state_dict().items()}
+    for step in range(1, total + 1):
+        _fake_step(net, step)
+        _fake_step(ref, step)
+        la.update_parameters(net)
+        rhos = ([0.95 ** 5 * (step / total) ** 3] if step % 5 == 0 else []) + ([1.0] if step == total else [])
+        for rho in rhos:
+            for (k, e), p in zip(slow.items(), ref.state_dict().values()):
+                if p.is_floating_point():
+                    e.lerp_(p, 1 - rho)
+                    p.copy_(e)
+        for a, b in zip(net.state_dict().values(), ref.state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-6), step
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), la.module.state_dict().values())
+               if a.is_floating_point())           # the final weights are the slow ones (counters excepted)
+    assert la.rho(total) == pytest.approx(0.95 ** 5) and la.rho(total // 2) < 0.15 * la.rho(total)
+
+
+def test_lookahead_resumes_exactly_from_its_state_dict():
+    a, b = _net(), _net()
+    la = Lookahead(a, 20)
+    for step in range(1, 21):
+        _fake_step(a, step)
+        la.update_parameters(a)
+    lb = Lookahead(b, 20)
+    for step in range(1, 8):
+        _fake_step(b, step)
+        lb.update_parameters(b)
+    state, weights = lb.state_dict(), {k: v.clone() for k, v in b.state_dict().items()}
+    b2 = _net()
+    b2.load_state_dict(weights)                     # what a resumed run rebuilds: the model, then the average
+    lb2 = Lookahead(b2, 20)
+    lb2.load_state_dict(state)
+    for step in range(8, 21):
+        _fake_step(b2, step)
+        lb2.update_parameters(b2)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b2.state_dict().values()))
+    assert int(lb2.n_steps) == 20
+
+
+def test_build_averaging():
+    net = _net()
+    assert build_averaging(net, TrainConfig(), 10) is None
+    assert isinstance(build_averaging(net, TrainConfig(lookahead=True), 10), Lookahead)
+    assert build_averaging(net, TrainConfig(ema_decay=0.9), 10).module is not net
+    with pytest.raises(ConfigError, match="choose one way of averaging"):
+        build_averaging(net, TrainConfig(lookahead=True, ema_decay=0.9), 10)

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from visionlab import config as C
-from visionlab.data.base import DataInfo
+from visionlab.data.base import DataInfo, ImageSet
+from visionlab.data.loaders import InMemoryLoader, build_loader, flip_coins
 from visionlab.data.transforms import BatchAugment
 from visionlab.engine.optim import build_optimizer, lr_multiplier, scale_biases
 from visionlab.models import build_model, count_params
@@ -117,13 +119,15 @@ def test_bias_lr_multiplier_and_decay():
     cfg, task = _task()
     opt = build_optimizer(task.param_groups(cfg.optim), cfg.optim)
     o = cfg.optim
+    whiten_bias = task.model.whiten.bias
     for g in opt.param_groups:
-        if all(p.ndim <= 1 for p in g["params"]):
+        if all(p.ndim <= 1 and p is not whiten_bias for p in g["params"]):
             assert g["lr"] == pytest.approx(o.lr * 64) and g["weight_decay"] == pytest.approx(o.weight_decay / 64)
         else:
             assert g["lr"] == pytest.approx(o.lr) and g["weight_decay"] == pytest.approx(o.weight_decay)
     biases = {id(p) for g in opt.param_groups if g["lr"] > o.lr for p in g["params"]}
-    assert id(task.model.whiten.bias) in biases and id(task.model.layers[1][2].bias) in biases
+    assert id(task.model.layers[1][2].bias) in biases                # BatchNorm shifts at lr x 64 ...
+    assert id(whiten_bias) not in biases                              # ... the whitening bias as airbench, at lr
     groups = task.param_groups(cfg.optim)
     default = C.OptimConfig()
     assert scale_biases(groups, default) is groups                        # the defaults change nothing
@@ -167,3 +171,48 @@ def test_translate_tta_weights_the_shifted_views_as_airbench_level_2():
         assert not torch.allclose(up_left, base, atol=1e-4)       # the shifted views do change the logits
     with pytest.raises(ConfigError, match="train.tta_translate=32"):        # reflect padding needs a shift < 32 px
         _task("train.tta_translate=32")
+
+
+def _numbered_images(n: int) -> ImageSet:
+    """n images 2x3 px whose pixel values say their index and column: image i, column c holds 10 * i + c."""
+    cols = torch.arange(3).view(1, 1, 3, 1)
+    images = (10 * torch.arange(n).view(n, 1, 1, 1) + cols).expand(n, 2, 3, 1).to(torch.uint8).numpy()
+    return ImageSet(labels=np.arange(n), images=images)
+
+
+def test_alternating_flip_mirrors_each_image_in_exactly_one_of_two_epochs():
+    split = _numbered_images(20)
+    loader = InMemoryLoader(split, 6, shuffle=True, seed=3, alternate_flip=True)
+    seen = {}
+    for epoch in (0, 1, 2):
+        loader.set_position(epoch)
+        for images, labels in loader:
+            for img, i in zip(images, labels.tolist()):
+                row = img[0, :, 0].tolist()
+                assert row in ([10 * i, 10 * i + 1, 10 * i + 2], [10 * i + 2, 10 * i + 1, 10 * i])
+                seen[epoch, i] = row[0] != 10 * i               # mirrored this epoch
+    coins = flip_coins(20, 3)
+    assert 0 < coins.sum() < 20                                 # a seeded coin per image, not all one way
+    for i in range(20):
+        assert seen[0, i] == bool(coins[i]) and seen[1, i] != seen[0, i] and seen[2, i] == seen[0, i]
+    loader.set_position(1, 2)                                   # a resumed epoch sees the same mirrors
+    resumed = [b[0] for b in loader]
+    loader.set_position(1)
+    assert all(torch.equal(a, b) for a, b in zip(resumed, [b[0] for b in loader][2:]))
+
+
+def test_alternating_flip_settings():
+    cfg, task = _task()
+    assert cfg.data.alternate_flip and not task.train_tf.hflip           # the loader flips, not the augmentation
+    _, plain = _task("data.alternate_flip=false")
+    assert plain.train_tf.hflip
+    with pytest.raises(ValueError, match="data.in_memory=true"):
+        build_loader(ImageSet(labels=np.arange(2), paths=["a.png", "b.png"]), 2, True, 0, {}, alternate_flip=True)
+    from types import SimpleNamespace
+
+    from visionlab.run import _train_loader
+
+    task = SimpleNamespace(streams={"train": 1.0}, uses_domains=False)
+    for bad in (["data.hflip=false"], ["task=segmentation"], ["train.iterations=10", "train.eval_every=5"]):
+        with pytest.raises(ConfigError, match="alternating flips are for task=classification"):
+            _train_loader(None, task, C.load_config(RECIPE, bad), INFO, None)

@@ -49,6 +49,9 @@ class DataConfig:
     crop_pad_mode: str = opt("zeros", "what data.crop_padding pads with: zeros, or reflect (mirrored border pixels; "
                                       "airbench)")
     hflip: bool = opt(False, "random horizontal flip")
+    alternate_flip: bool = opt(False, "with hflip, classification: airbench's alternating flip instead of a coin per "
+                                      "step: each training image is flipped by a seeded coin in epoch 0 and the other "
+                                      "way in the next, so every two epochs see both mirrors (in-memory data)")
     color_jitter: float = opt(0.0, "random brightness, contrast and saturation factors U(1 - j, 1 + j) per image; "
                                    "0 = off", ge=0, lt=1)
     cutmix: float = opt(0.0, "CutMix beta(alpha) parameter; 0 turns it off", ge=0)
@@ -145,6 +148,8 @@ class TrainConfig:
                                 "view(s), a quarter each shifted one; 0 = off", ge=0)
     grad_clip: float = opt(0.0, "clip gradient norm to this value; 0 = off", ge=0)
     ema_decay: float = opt(0.0, "keep an exponential moving average of weights with this decay; 0 = off", ge=0, lt=1)
+    lookahead: bool = opt(False, "airbench94's lookahead instead of an EMA: every 5 steps the weights move to a slow "
+                                 "average (its decay rising to 0.95^5 by the end), which evaluation uses")
     early_stop: int = opt(0, "stop after this many epochs without improving the primary metric; 0 = off", ge=0)
     checkpoint_every: int = opt(0, "also save last.* every N optimizer steps (0: at each epoch end only)", ge=0)
     threads: int = opt(0, "torch CPU threads; 0 = all cores", ge=0)

@@ -18,6 +18,7 @@ from .data.loaders import DomainBalancedLoader, StreamLoader, build_loader
 from .engine import (FitContext, build_optimizer, build_scheduler, evaluate as run_eval, evaluated_model, fit,
                      load_checkpoint, resolve_precision, using_model)
 from .engine import distributed
+from .engine.averaging import build_averaging
 from .engine import lock as run_lock
 from .engine.resume import asked_keys, find_resume_dir, restore_run, resume_config
 from .engine.rundir import check_name, new_run_dir, versions, write_env, write_status
@@ -93,7 +94,8 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
                       for k, o in optimizers.items()}
         task.optimizers = optimizers            # a task that optimizes manually steps them itself
         ctx = FitContext(optimizers, schedulers, cfg.train, run_dir, device, precision, _sidecar(cfg, info),
-                         {"augment": gen}, ema=_build_ema(task.model, cfg.train.ema_decay),
+                         {"augment": gen},
+                         ema=build_averaging(task.model, cfg.train, cfg.train.epochs * len(train_loader)),
                          scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None,
                          on_epoch_end=list(on_epoch_end or []), dist=dist)
         if dist.main:
@@ -403,14 +405,6 @@ def _sidecar(cfg: C.Config, info: DataInfo) -> dict:
             "config": C.to_dict(cfg), "versions": versions()}
 
 
-def _build_ema(model, decay: float):
-    if decay <= 0:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
 def _train_loader(splits, task, cfg: C.Config, info: DataInfo, dist):
     """Epochs over the train split, or (train.iterations, or a task with several streams) fixed-size batches from
     each of the task's streams: "train" (the labelled images) and "unlabeled" (the few-label protocol's rest)."""
@@ -424,9 +418,17 @@ def _train_loader(splits, task, cfg: C.Config, info: DataInfo, dist):
             raise ConfigError(f"data.domain_balanced=true needs a task that reads domains (task=dg), counted in "
                               f"epochs; task={cfg.task} " + ("with train.iterations" if t.iterations else "does not"))
         return DomainBalancedLoader(splits.train, t.batch_size, cfg.seed, dist.rank, dist.world)
+    if cfg.data.alternate_flip and (cfg.task != "classification" or not cfg.data.hflip or t.iterations):
+        raise ConfigError(f"data.alternate_flip=true with task={cfg.task}, data.hflip={cfg.data.hflip}, "
+                          f"train.iterations={t.iterations}: alternating flips are for task=classification with "
+                          "data.hflip=true, counted in epochs (the loader mirrors the images by epoch; masks and "
+                          "boxes would not follow)")
     if list(task.streams) == ["train"] and not t.iterations:
-        return build_loader(splits.train, t.batch_size, True, cfg.seed, info.preprocess, cfg.data.num_workers,
-                            dist.rank, dist.world, task.uses_domains)
+        try:
+            return build_loader(splits.train, t.batch_size, True, cfg.seed, info.preprocess, cfg.data.num_workers,
+                                dist.rank, dist.world, task.uses_domains, cfg.data.alternate_flip)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if not t.iterations:
         raise ConfigError(f"task={cfg.task} counts training in steps: set train.iterations=N (and train.eval_every=M "
                           "steps between evaluations)")

@@ -42,12 +42,20 @@ class _Batches:
             yield torch.tensor_split(idx, self.world)[self.rank] if self.world > 1 else idx
 
 
+def flip_coins(n: int, seed: int) -> torch.Tensor:
+    """One seeded coin per image: whether alternating flips mirror it in even epochs (and not in odd ones)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + 999_983)
+    return torch.rand(n, generator=g) < 0.5
+
+
 class InMemoryLoader(_Batches):
-    """Slices a uint8 tensor held in memory; no per-sample Python, no worker processes."""
+    """Slices a uint8 tensor held in memory; no per-sample Python, no worker processes. With ``alternate_flip``
+    (airbench94), image i is mirrored in epoch e when its coin (``flip_coins``) differs from e's parity."""
 
     def __init__(self, split: ImageSet, batch_size: int, shuffle: bool, seed: int = 0, rank: int = 0,
-                 world: int = 1, with_domains: bool = False):
+                 world: int = 1, with_domains: bool = False, alternate_flip: bool = False):
         super().__init__(len(split), batch_size, shuffle, seed, rank, world)
+        self.coins = flip_coins(len(split), seed) if alternate_flip else None
         # a private writable copy: cached arrays may be read-only memory maps, which torch warns about
         self.images = torch.from_numpy(np.array(split.images, copy=True, order="C"))
         self.labels = torch.from_numpy(split.labels.astype(np.int64))
@@ -58,8 +66,11 @@ class InMemoryLoader(_Batches):
 
     def __iter__(self):
         for idx in super().__iter__():
-            target = self.targets[idx]
-            yield (self.images[idx], target) if self.domains is None else (self.images[idx], target, self.domains[idx])
+            images, target = self.images[idx], self.targets[idx]
+            if self.coins is not None:
+                flip = self.coins[idx] != bool(self.epoch % 2)
+                images = torch.where(flip.view(-1, 1, 1, 1), images.flip(2), images)    # NHWC: W is dim 2
+            yield (images, target) if self.domains is None else (images, target, self.domains[idx])
 
 
 def _domains(split: ImageSet) -> torch.Tensor:
@@ -114,11 +125,16 @@ class FileLoader:
 
 
 def build_loader(split: ImageSet, batch_size: int, shuffle: bool, seed: int, preprocess: dict,
-                 num_workers: int = 2, rank: int = 0, world: int = 1, with_domains: bool = False):
+                 num_workers: int = 2, rank: int = 0, world: int = 1, with_domains: bool = False,
+                 alternate_flip: bool = False):
     """The in-memory loader when the split is decoded, else the worker-based file loader. ``with_domains``: batches
     carry each image's domain index as a third field (domain datasets are decoded in memory)."""
     if split.in_memory:
-        return InMemoryLoader(split, batch_size, shuffle, seed, rank, world, with_domains)
+        return InMemoryLoader(split, batch_size, shuffle, seed, rank, world, with_domains, alternate_flip)
+    if alternate_flip:
+        raise ValueError("data.alternate_flip flips images as the in-memory loader slices them, and this split is "
+                         "read from files: use data.alternate_flip=false (plain random flips), or a dataset that is "
+                         "decoded into memory (data.in_memory=true)")
     return FileLoader(split, batch_size, shuffle, seed, preprocess, num_workers, rank, world)
 
 

@@ -34,19 +34,26 @@ def build_optimizer(param_groups, cfg) -> torch.optim.Optimizer:
 def scale_biases(groups: list[dict], cfg) -> list[dict]:
     """Each group split into its weights (unchanged) and its 1-D parameters (biases, norm weights) at the group's
     lr x ``cfg.bias_lr_mult``, decayed at weight_decay / bias_lr_mult with ``cfg.bias_decay`` (then the product
-    lr x decay, the shrink per step, is the weights' own), else as the task chose. At the defaults: ``groups``."""
+    lr x decay, the shrink per step, is the weights' own), else as the task chose. At the defaults: ``groups``.
+    A 1-D parameter marked ``p.lr_as_weight = True`` (airbench94's whitening bias) keeps the group's lr, and with
+    ``cfg.bias_decay`` the weights' decay."""
     mult = cfg.bias_lr_mult
     if mult == 1.0 and not cfg.bias_decay:
         return groups
     out = []
     for g in groups:
-        params = list(g["params"])
-        weights, biases = [p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]
+        params, task_decay = list(g["params"]), g.get("weight_decay", cfg.weight_decay)
+        decay = cfg.weight_decay if cfg.bias_decay else task_decay
+        weights = [p for p in params if p.ndim > 1]
+        as_weights = [p for p in params if p.ndim <= 1 and getattr(p, "lr_as_weight", False)]
+        biases = [p for p in params if p.ndim <= 1 and not getattr(p, "lr_as_weight", False)]
         if weights:
             out.append({**g, "params": weights})
+        if as_weights:
+            out.append({**g, "params": as_weights, "weight_decay": decay})
         if biases:
-            decay = cfg.weight_decay / mult if cfg.bias_decay else g.get("weight_decay", cfg.weight_decay)
-            out.append({**g, "params": biases, "lr": g.get("lr", cfg.lr) * mult, "weight_decay": decay})
+            out.append({**g, "params": biases, "lr": g.get("lr", cfg.lr) * mult,
+                        "weight_decay": decay / mult if cfg.bias_decay else task_decay})
     return out
 
 

@@ -41,7 +41,8 @@ class ConvGroup(nn.Sequential):
 class Whitening(nn.Module):
     """A 2x2 conv (no padding) whose filters whiten image patches: the eigenvectors of the patch covariance scaled by
     1/sqrt(eigenvalue + eps), then their negatives (2 x C*4 channels). The filters are a buffer: fitted from data
-    (``fit``), saved in checkpoints, never trained; until fitted they assume unit covariance. The bias trains."""
+    (``fit``), saved in checkpoints, never trained; until fitted they assume unit covariance. The bias trains, at the
+    weights' learning rate (``lr_as_weight``: optim.bias_lr_mult leaves it alone)."""
 
     def __init__(self, in_channels: int, eps: float = 5e-4):
         super().__init__()
@@ -49,6 +50,7 @@ class Whitening(nn.Module):
         basis = torch.eye(k).view(k, in_channels, 2, 2)
         self.register_buffer("weight", torch.cat([basis, -basis]))
         self.bias = nn.Parameter(torch.zeros(2 * k))
+        self.bias.lr_as_weight = True       # airbench trains it at the weights' lr and decay, not optim.bias_lr_mult
         self.eps = eps
         self.out_channels = 2 * k
 

@@ -183,9 +183,10 @@ def build_classification(cfg, info, generator: torch.Generator) -> Classificatio
                         max_params=m.max_params, download=m.download)
     info = _pretrained_preprocessing(model, info, cfg)
     input_size = m.input_size or size
+    # with data.alternate_flip the loader mirrors the images (by epoch), so the augmentation does not
     train_tf = BatchAugment(info.mean, info.std, train=True, rotation=d.rotation, crop_padding=d.crop_padding,
-                            hflip=d.hflip, normalize=d.normalize, generator=generator, size=m.input_size,
-                            crop_pad_mode=d.crop_pad_mode, color_jitter=d.color_jitter)
+                            hflip=d.hflip and not d.alternate_flip, normalize=d.normalize, generator=generator,
+                            size=m.input_size, crop_pad_mode=d.crop_pad_mode, color_jitter=d.color_jitter)
     eval_tf = BatchAugment(info.mean, info.std, train=False, normalize=d.normalize, size=m.input_size)
     params = ClassificationParams(num_classes=info.num_classes, label_smoothing=t.label_smoothing,
                                   cutmix=d.cutmix, mixup=d.mixup, mix_prob=d.mix_prob, tta_flip=t.tta_flip,
