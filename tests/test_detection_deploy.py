@@ -52,6 +52,13 @@ def test_onnx_outputs_equal_eager_detections_on_test_images(loaded):
         assert l1.min(initial=0) >= 0 and l1.max(initial=0) < len(loaded.classes)
         seen += len(b0)
     assert seen > 0                                    # scores >= the evaluation threshold (0.01) are kept
+    import onnxruntime as ort
+
+    meta = ort.InferenceSession(str(export_path(loaded.run_dir, "onnx"))).get_modelmeta().custom_metadata_map
+    p = loaded.cfg.detection                           # the file says which of its detections to show
+    assert float(meta["score_threshold"]) == p.score_threshold and float(meta["min_score"]) == p.eval_score_threshold
+    assert json.loads(meta["classes"]) == loaded.classes and meta["visionlab_task"] == "detection"
+    assert meta["outputs"] == "boxes, scores, labels" and float(meta["nms_iou"]) == p.nms_iou
 
 
 def test_export_cli_parity_is_map_and_backends_agree(det_run):

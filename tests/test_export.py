@@ -55,6 +55,13 @@ def test_export_parity_onnx_torchscript_int8(exported):
     assert 0.0 <= q["top1"] <= 1.0 and 0.0 < q["agree"] <= 1.0 and np.isfinite(q["max_abs_logit_diff"])
     assert q["bytes"] < 0.5 * res["onnx"]["bytes"]                    # int8 weights: about a quarter of fp32
     assert "16 train images" in q["method"]
+    import onnxruntime as ort
+
+    for name in ("model.onnx", "model.int8.onnx"):                   # the files describe themselves
+        meta = ort.InferenceSession(str(exported / "export" / name)).get_modelmeta().custom_metadata_map
+        assert meta["visionlab_task"] == "classification" and len(json.loads(meta["classes"])) == 6, (name, meta)
+        assert meta["outputs"] == "logits" and meta["input"].startswith("uint8 NHWC [batch, ") and meta["run"], meta
+    assert "score_threshold" not in meta                               # a classifier has no display threshold
 
 
 def _test_images(run: Path, n: int) -> np.ndarray:

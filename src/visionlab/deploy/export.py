@@ -120,9 +120,10 @@ def _quiet_stdout():
 
 
 def export_onnx(module: nn.Module, path: str | os.PathLike, channels: int, image_size: tuple[int, int],
-                opset: int = DEFAULT_OPSET) -> Path:
+                opset: int = DEFAULT_OPSET, metadata: dict | None = None) -> Path:
     """Write ``module`` (uint8 NHWC -> logits, or the outputs it names: ``export_spec``) to an ONNX file with a
-    dynamic batch axis (or the module's fixed batch); returns the path.
+    dynamic batch axis (or the module's fixed batch); returns the path. ``metadata`` (str -> str) goes into the
+    file's metadata_props, which onnxruntime reads back as ``get_modelmeta().custom_metadata_map``.
 
     Uses the legacy TorchScript-based exporter (dynamo=False): the dynamo exporter needs the optional onnxscript
     package, and the legacy one exports these CNNs exactly; its deprecation notice is silenced here."""
@@ -142,6 +143,11 @@ def export_onnx(module: nn.Module, path: str | os.PathLike, channels: int, image
                             "use format=torchscript (or another opset=N)") from None
         import onnx
 
+        if metadata:
+            model = onnx.load(str(tmp))
+            for key, value in metadata.items():
+                model.metadata_props.add(key=str(key), value=str(value))
+            onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
     return path
 

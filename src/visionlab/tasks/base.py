@@ -129,6 +129,11 @@ class Task:
         (called with ``model`` set to the evaluated model, the EMA when there is one)."""
         return {}
 
+    def export_metadata(self) -> dict:
+        """str -> str facts a user of the exported file needs beyond the class names and the input (which the
+        export adds), e.g. a detector's display threshold. Written into model.onnx's metadata."""
+        return {}
+
     def export_module(self) -> nn.Module:
         """A module mapping uint8 NHWC images to the task's raw output tensor (classification logits, segmentation
         logits), preprocessing inside: what ONNX / TorchScript export."""

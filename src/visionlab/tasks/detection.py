@@ -126,6 +126,13 @@ class DetectionTask(Task):
         return Prediction("boxes", boxes=[{k: v.cpu() for k, v in d.items()}
                                           for d in self.detect(images, self.p.score_threshold)])
 
+    def export_metadata(self) -> dict:
+        """The export keeps scores down to ``min_score`` (for mAP); people should be shown those >= score_threshold."""
+        p = self.p
+        return {"score_threshold": p.score_threshold, "min_score": min(p.eval_score_threshold, p.score_threshold),
+                "nms_iou": p.nms_iou, "max_detections": p.max_detections, "boxes": "x0, y0, x1, y1 in canvas pixels",
+                "labels": "0-based class index into classes"}
+
     def export_module(self) -> nn.Module:
         """uint8 [1, S, S, C] letterboxed canvas -> (boxes float [N, 4] canvas pixels, scores [N], labels int64 [N]
         0-based), NMS and the top ``max_detections`` inside (deploy.export.DetectorExport). It keeps every score >=
