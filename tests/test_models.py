@@ -163,6 +163,11 @@ def test_cifar_stem_keeps_32px_into_stage_1():
     assert _stage1_input_size(imnet, imnet.body.layer1, 32) == 8
     assert build_model("resnet18", 10, 3, image_size=96).body.conv1.kernel_size == (7, 7)    # auto, large images
     assert build_model("drn_d_22", 10, 3, image_size=32).stem[0].kernel_size == (3, 3)
+    for name in ("efficientnet_b0", "efficientnet_v2_s"):           # stride-1 stem: 32 px ends at 2x2, not 1x1
+        eff = build_model(name, 10, 3, image_size=32).eval()
+        assert eff.body.features(torch.zeros(1, 3, 32, 32)).shape[-2:] == (2, 2)
+        big = build_model(name, 10, 3, image_size=32, stem="imagenet").eval()
+        assert big.body.features(torch.zeros(1, 3, 32, 32)).shape[-2:] == (1, 1)
     if timm_available():
         t = build_model("timm/resnet18", 10, 3, image_size=32)
         assert _stage1_input_size(t, t.body.layer1, 32) == 32

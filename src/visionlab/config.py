@@ -91,8 +91,8 @@ class ModelConfig:
     weights: str = opt("", "local file with pretrained weights (safetensors or torch state dict)")
     pretrained: bool = opt(False, "load the architecture's pretrained weights (needs model.weights, or download=true)")
     download: bool = opt(False, "with pretrained=true and no weights file: fetch torchvision/timm weights (network)")
-    stem: str = opt("auto", "auto|imagenet|cifar: cifar = 3x3 stride-1 stem, no max-pool (small images); auto: cifar "
-                            "below 64 px unless pretrained")
+    stem: str = opt("auto", "auto|imagenet|cifar: cifar = 3x3 stride-1 stem, no max-pool (small images; ResNets, "
+                            "DRNs, EfficientNets); auto: cifar below 64 px unless pretrained")
     spec: str = opt("", "YAML layer spec for model.name=spec_cnn (see configs/spec_cnn_example.yaml)")
     max_params: float = opt(0.0, "parameter budget: fail before training when the model is larger; 0 = none", ge=0)
     drop_path: float = opt(0.0, "stochastic depth rate for models with residual blocks that support it", ge=0, lt=1)

@@ -67,14 +67,18 @@ class TorchvisionClassifier(nn.Module):
         # torchvision files name the head by its place in the model ("fc.weight"); ours is "head.weight"
         self.key_aliases = {f"{path}.{k}": f"head.{k}" for k in self.head.state_dict()}
         self.pretrained_cfg = torchvision_preprocessing(name)
-        if stem == "cifar" and isinstance(self.body, tvm.ResNet):
+        if stem == "cifar":
             self._cifar_stem(in_channels)
 
     def _cifar_stem(self, in_channels: int) -> None:
         """ResNet/ResNeXt/Wide-ResNet: 3x3 stride-1 first conv and no max-pool, so 32 px images keep 32x32 into
-        stage 1 (the 7x7/2 conv + pool would leave 8x8)."""
-        self.body.conv1 = nn.Conv2d(in_channels, self.body.conv1.out_channels, 3, 1, 1, bias=False)
-        self.body.maxpool = nn.Identity()
+        stage 1 (the 7x7/2 conv + pool would leave 8x8). EfficientNet (V1, V2): its 3x3 stem conv at stride 1, so
+        32 px images end at 2x2 instead of 1x1 (total stride 16, as CIFAR ports of it do). Other families: as built."""
+        if isinstance(self.body, tvm.ResNet):
+            self.body.conv1 = nn.Conv2d(in_channels, self.body.conv1.out_channels, 3, 1, 1, bias=False)
+            self.body.maxpool = nn.Identity()
+        elif isinstance(self.body, tvm.EfficientNet):
+            self.body.features[0][0].stride = (1, 1)
 
     def _replace_stem(self, in_channels: int) -> None:
         path = _find_last_first_conv(self.body)
