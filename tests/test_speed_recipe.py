@@ -156,6 +156,32 @@ def test_recipe_learns_cifar10_through_the_pipeline(data_dir, tmp_path):
     assert not torch.equal(weights["whiten.weight"], Whitening(3).weight)       # fitted to the first batch
 
 
+def test_recipe_resumes_exactly_with_lookahead_and_alternating_flips(data_dir, tmp_path):
+    """Three epochs in one go equal one epoch, an interruption and a resume: the lookahead's slow weights and step
+    count (its updates at steps 5 and 10 and the final copy at 12 fall after the resume) and the flips by epoch."""
+    from safetensors.torch import load_file
+
+    from visionlab.run import train
+
+    common = ["data.limit=512", "data.image_size=16", "train.epochs=3", "train.batch_size=128", "train.threads=1",
+              "train.progress=false", "train.tensorboard=false", "train.precision=fp32", f"out_dir={tmp_path}"]
+    full = train(RECIPE, common + ["name=full"]).run_dir
+
+    def interrupt(state, row):
+        raise KeyboardInterrupt("stopped after the first epoch")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(RECIPE, common + ["name=half"], on_epoch_end=[interrupt])
+    half = tmp_path / "half"
+    train(RECIPE, common + ["name=half", f"resume={half}"])
+    a, b = (load_file(str(d / "checkpoints" / "last.safetensors")) for d in (full, half))
+    assert a.keys() == b.keys() and a["ema/n_steps"].item() == 12
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    best = load_file(str(full / "checkpoints" / "best.safetensors"))
+    slow = {k.removeprefix("ema/module."): v for k, v in a.items() if k.startswith("ema/module.")}
+    assert all(torch.equal(best[k], slow[k.removeprefix("model/")]) for k in best)   # the slow weights are reported
+
+
 def test_translate_tta_weights_the_shifted_views_as_airbench_level_2():
     _, task = _task("train.tta_translate=1")
     _, flip = _task("train.tta_translate=0")
