@@ -413,16 +413,16 @@ def _train_loader(splits, task, cfg: C.Config, info: DataInfo, dist):
         raise ConfigError(f"task={cfg.task} learns from unlabelled images: choose the labelled few with "
                           "data.labels_per_class=N, data.labels_total=N or data.labeled_indices=RUN_DIR (the rest "
                           "of the train split becomes the unlabelled stream)")
-    if cfg.data.domain_balanced:
-        if not task.uses_domains or t.iterations or list(task.streams) != ["train"]:
-            raise ConfigError(f"data.domain_balanced=true needs a task that reads domains (task=dg), counted in "
-                              f"epochs; task={cfg.task} " + ("with train.iterations" if t.iterations else "does not"))
-        return DomainBalancedLoader(splits.train, t.batch_size, cfg.seed, dist.rank, dist.world)
     if cfg.data.alternate_flip and (cfg.task != "classification" or not cfg.data.hflip or t.iterations):
         raise ConfigError(f"data.alternate_flip=true with task={cfg.task}, data.hflip={cfg.data.hflip}, "
                           f"train.iterations={t.iterations}: alternating flips are for task=classification with "
                           "data.hflip=true, counted in epochs (the loader mirrors the images by epoch; masks and "
                           "boxes would not follow)")
+    if cfg.data.domain_balanced:
+        if not task.uses_domains or t.iterations or list(task.streams) != ["train"]:
+            raise ConfigError(f"data.domain_balanced=true needs a task that reads domains (task=dg), counted in "
+                              f"epochs; task={cfg.task} " + ("with train.iterations" if t.iterations else "does not"))
+        return DomainBalancedLoader(splits.train, t.batch_size, cfg.seed, dist.rank, dist.world)
     if list(task.streams) == ["train"] and not t.iterations:
         try:
             return build_loader(splits.train, t.batch_size, True, cfg.seed, info.preprocess, cfg.data.num_workers,
