@@ -119,6 +119,24 @@ def kill_at_checkpoint(args: list[str], out: Path, name: str, min_step: int, pyt
     return run_dir
 
 
+def full_and_resumed(config, args: list[str], out: Path) -> tuple[dict, dict]:
+    """Train ``config`` + ``args`` into OUT/full in one go, and into OUT/half stopped after its first epoch (an
+    interruption) then resumed; the two last checkpoints' tensors (name -> tensor), which an exact resume makes equal."""
+    from safetensors.torch import load_file
+
+    from visionlab.run import train
+
+    full = train(config, [*args, f"out_dir={out}", "name=full"]).run_dir
+
+    def interrupt(state, row):
+        raise KeyboardInterrupt("stopped after the first epoch")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, [*args, f"out_dir={out}", "name=half"], on_epoch_end=[interrupt])
+    train(config, [*args, f"out_dir={out}", "name=half", f"resume={out / 'half'}"])
+    return tuple(load_file(str(d / "checkpoints" / "last.safetensors")) for d in (full, out / "half"))
+
+
 def shared_run(tmp_path_factory, name: str, *args: str, timeout: int = 900) -> Path:
     """`visionlab train ARGS name=NAME`, trained once per test session: with pytest -n N the workers share one run
     (the first trains it under a file lock, the others wait and reuse it)."""

@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from visionlab import config as C
 from visionlab.data.base import ImageSet
 from visionlab.data.loaders import DomainBalancedLoader
 from visionlab.models.mixstyle import DomainHeadModel, MixStyle, auto_layers, beta, grad_reverse, partners
 from visionlab.utils import ConfigError
+from conftest import full_and_resumed
 
 PACS = ["task=dg", "data.name=pacs", "data.val_fraction=0.2", "model.pretrained=true", "train.threads=1",
         "train.progress=false", "train.tensorboard=false", "train.batch_size=16"]
@@ -59,7 +59,10 @@ def test_beta_sampler_matches_the_beta_distribution():
 def test_mixstyle_gives_each_image_the_mixed_statistics():
     """After mixing, image i's per-channel mean and std are lam_i * own + (1 - lam_i) * partner's, with lam and the
     partner drawn from the generator in that order; crossdomain partners come from another domain."""
-    x = torch.randn(8, 5, 6, 6) * torch.rand(8, 5, 1, 1) * 3 + torch.randn(8, 5, 1, 1)
+    g = torch.Generator().manual_seed(0)       # not the global RNG: its state depends on which tests ran before
+    # channel stds 0.5-3.5: near 0, MixStyle's eps inside the std (1e-6 on the variance) moves it by more than atol
+    x = (torch.randn(8, 5, 6, 6, generator=g) * (torch.rand(8, 5, 1, 1, generator=g) * 3 + 0.5)
+         + torch.randn(8, 5, 1, 1, generator=g))
     domains = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
     ms = MixStyle(p=1.0, alpha=0.3, mix="crossdomain", generator=torch.Generator().manual_seed(4))
     ms.domains = domains
@@ -154,15 +157,5 @@ def test_dg_run_per_domain_metrics_and_class_map_match_sklearn(tmp_path, data_en
 def test_mixstyle_resume_is_exact(tmp_path, data_env):
     """Two epochs in one go equal one epoch, an interruption and a resume: MixStyle draws its mixing weights and
     partners from the checkpointed augmentation generator."""
-    from visionlab.run import train
-
-    full = train(None, COMMON + [f"out_dir={tmp_path}", "name=full"]).run_dir
-
-    def interrupt(state, row):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(None, COMMON + [f"out_dir={tmp_path}", "name=half"], on_epoch_end=[interrupt])
-    train(None, COMMON + [f"out_dir={tmp_path}", "name=half", f"resume={tmp_path / 'half'}"])
-    a, b = (load_file(str(d / "checkpoints" / "last.safetensors")) for d in (full, tmp_path / "half"))
+    a, b = full_and_resumed(None, COMMON, tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -19,6 +19,7 @@ from visionlab.models import build_model, count_params
 from visionlab.models.airbench import BatchNorm, Whitening
 from visionlab.tasks import TASKS
 from visionlab.utils import ConfigError
+from conftest import full_and_resumed
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "cifar10_speed.yaml"
 INFO = DataInfo([str(k) for k in range(10)], 3, (32, 32), (0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
@@ -161,23 +162,12 @@ def test_recipe_resumes_exactly_with_lookahead_and_alternating_flips(data_dir, t
     count (its updates at steps 5 and 10 and the final copy at 12 fall after the resume) and the flips by epoch."""
     from safetensors.torch import load_file
 
-    from visionlab.run import train
-
     common = ["data.limit=512", "data.image_size=16", "train.epochs=3", "train.batch_size=128", "train.threads=1",
-              "train.progress=false", "train.tensorboard=false", "train.precision=fp32", f"out_dir={tmp_path}"]
-    full = train(RECIPE, common + ["name=full"]).run_dir
-
-    def interrupt(state, row):
-        raise KeyboardInterrupt("stopped after the first epoch")
-
-    with pytest.raises(KeyboardInterrupt):
-        train(RECIPE, common + ["name=half"], on_epoch_end=[interrupt])
-    half = tmp_path / "half"
-    train(RECIPE, common + ["name=half", f"resume={half}"])
-    a, b = (load_file(str(d / "checkpoints" / "last.safetensors")) for d in (full, half))
+              "train.progress=false", "train.tensorboard=false", "train.precision=fp32"]
+    a, b = full_and_resumed(RECIPE, common, tmp_path)
     assert a.keys() == b.keys() and a["ema/n_steps"].item() == 12
     assert all(torch.equal(a[k], b[k]) for k in a)
-    best = load_file(str(full / "checkpoints" / "best.safetensors"))
+    best = load_file(str(tmp_path / "full" / "checkpoints" / "best.safetensors"))
     slow = {k.removeprefix("ema/module."): v for k, v in a.items() if k.startswith("ema/module.")}
     assert all(torch.equal(best[k], slow[k.removeprefix("model/")]) for k in best)   # the slow weights are reported
 

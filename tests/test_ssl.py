@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from visionlab import config as C
 from visionlab.data import build_splits
@@ -19,6 +18,7 @@ from visionlab.data.fewlabel import per_class_counts
 from visionlab.data.loaders import StreamLoader
 from visionlab.tasks.semi_supervised import tsa_threshold
 from visionlab.utils import ConfigError, UserError
+from conftest import full_and_resumed
 
 TINY = ["task=ssl", "data.name=mnist5k", "data.limit=400", "data.labels_per_class=5", "train.iterations=12",
         "train.eval_every=6", "train.batch_size=16", "ssl.mu=2", "train.threads=1", "train.progress=false",
@@ -168,19 +168,8 @@ def test_mpl_steps_teacher_and_student_and_finetunes_the_student_alone(data_env)
 def test_mpl_resume_is_exact_and_the_final_model_is_reported(tmp_path, data_env):
     """Two periods in one go equal one period then a resume: both networks, both optimizers, the EMA and the
     augmentation RNG (RandAugment draws from it). The best checkpoint is the final EMA, not the best period."""
-    from visionlab.run import train
-
-    common = TINY + ["ssl.method=mpl", "train.ema_decay=0.9", f"out_dir={tmp_path}"]
-    full = train(None, common + ["name=full"]).run_dir
-
-    def interrupt(state, row):
-        raise KeyboardInterrupt("stopped after the first period")
-
-    with pytest.raises(KeyboardInterrupt):
-        train(None, common + ["name=half"], on_epoch_end=[interrupt])
-    half = tmp_path / "half"
-    train(None, common + ["name=half", f"resume={half}"])
-    a, b = (load_file(str(d / "checkpoints" / "last.safetensors")) for d in (full, half))
+    a, b = full_and_resumed(None, TINY + ["ssl.method=mpl", "train.ema_decay=0.9"], tmp_path)
+    full = tmp_path / "full"
     assert a.keys() == b.keys() and any(k.startswith("model/teacher.") for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)
     s = json.loads((full / "summary.json").read_text())
