@@ -126,10 +126,14 @@ class DetectionTask(Task):
         return Prediction("boxes", boxes=[{k: v.cpu() for k, v in d.items()}
                                           for d in self.detect(images, self.p.score_threshold)])
 
+    def _export_min_score(self) -> float:
+        """The lowest score the exported graph keeps: the evaluation threshold, or the display one when lower."""
+        return min(self.p.eval_score_threshold, self.p.score_threshold)
+
     def export_metadata(self) -> dict:
         """The export keeps scores down to ``min_score`` (for mAP); people should be shown those >= score_threshold."""
         p = self.p
-        return {"score_threshold": p.score_threshold, "min_score": min(p.eval_score_threshold, p.score_threshold),
+        return {"score_threshold": p.score_threshold, "min_score": self._export_min_score(),
                 "nms_iou": p.nms_iou, "max_detections": p.max_detections, "boxes": "x0, y0, x1, y1 in canvas pixels",
                 "labels": "0-based class index into classes"}
 
@@ -140,8 +144,7 @@ class DetectionTask(Task):
         its output at ``detection.score_threshold``."""
         from ..deploy.export import wrap_detector
 
-        score = min(self.p.eval_score_threshold, self.p.score_threshold)
-        return wrap_detector(self._net(), to_float, score, self.p.nms_iou, self.p.max_detections)
+        return wrap_detector(self._net(), to_float, self._export_min_score(), self.p.nms_iou, self.p.max_detections)
 
     def flops_per_image(self) -> int:
         from ..models import count_flops

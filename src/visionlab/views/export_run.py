@@ -6,6 +6,7 @@ Detection runs export one letterboxed canvas per call -> (boxes, scores, labels)
 their parity is COCO mAP plus the share of eager detections each backend reproduces (``detection_parity``)."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -85,22 +86,22 @@ def export(run_dir, backend: str, opset: int = DEFAULT_OPSET, calibration: np.nd
             export(run, "onnx", opset)
         quantize_onnx(src, path, _calibration(run) if calibration is None else calibration)
     elif backend == "onnx":
-        export_onnx(run.task.export_module(), path, info.channels, size, opset, onnx_metadata(run))
+        module = run.task.export_module()
+        export_onnx(module, path, info.channels, size, opset, onnx_metadata(run, module))
     else:
         export_torchscript(run.task.export_module(), path, info.channels, size)
     _record(run.run_dir, backend, path)
     return path
 
 
-def onnx_metadata(run: LoadedRun) -> dict:
-    """What model.onnx says about itself (its metadata_props): the task, the class names (JSON), the input and
-    the outputs, the run's name, and the task's own facts (``export_metadata``: a detector's display threshold)."""
-    import json
-
+def onnx_metadata(run: LoadedRun, module: torch.nn.Module) -> dict:
+    """What model.onnx (``module``, the run's export module) says about itself in its metadata_props: the task, the
+    class names (JSON), the input and the outputs, the run's name, and the task's own facts (``export_metadata``: a
+    detector's display threshold)."""
     h, w = run.info.image_size
     return {"visionlab_task": run.cfg.task, "classes": json.dumps(list(run.classes)),
             "input": f"uint8 NHWC [batch, {h}, {w}, {run.info.channels}], preprocessing inside the graph",
-            "outputs": ", ".join(output_names(run)), "run": run.run_dir.name, **run.task.export_metadata()}
+            "outputs": ", ".join(export_spec(module)[1]), "run": run.run_dir.name, **run.task.export_metadata()}
 
 
 def _record(run_dir: Path, backend: str, path: Path) -> None:
