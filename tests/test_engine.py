@@ -169,13 +169,9 @@ class _TwoPlayer:
             g, d = self.model["g"], self.model["d"]
             fake = g(x)
             loss_d = d(fake.detach()).mean() - d(x).mean()
-            self.optimizers["d"].zero_grad()
-            loss_d.backward()
-            self.optimizers["d"].step()
+            self.step_optimizer("d", loss_d)
             loss_g = -d(g(x)).mean()
-            self.optimizers["g"].zero_grad()
-            loss_g.backward()
-            self.optimizers["g"].step()
+            self.step_optimizer("g", loss_g)
             return {"loss": loss_g + loss_d, "loss_g": loss_g, "loss_d": loss_d}
 
         def validation_step(self, batch):
@@ -205,28 +201,32 @@ class _Loader:
         return iter(self.batches[start:])
 
 
-def _two_player_context(task, run_dir, on_epoch_end=()):
+def _two_player_context(task, run_dir, on_epoch_end=(), scaled=False):
     from visionlab.config import TrainConfig
     from visionlab.engine import FitContext
 
     cfg = OptimConfig(name="adam", lr=1e-2, scheduler="cosine")
     opts = {k: build_optimizer(g, cfg) for k, g in task.optimizer_groups(cfg).items()}
     task.optimizers = opts                    # what run.train hands a task that optimizes manually
+    # fp16's loss scaler, as run.train makes it (CUDA there): it grows every 2 clean batches
+    task.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, growth_interval=2) if scaled else None
     return FitContext(opts, {k: build_scheduler(o, cfg, 2, 6) for k, o in opts.items()},
                       TrainConfig(epochs=2, progress=False, tensorboard=False), run_dir, torch.device("cpu"),
-                      "fp32", {}, {}, on_epoch_end=list(on_epoch_end))
+                      "fp32", {}, {}, on_epoch_end=list(on_epoch_end), scaler=task.scaler)
 
 
-def test_manual_optimization_two_optimizers_log_checkpoint_and_resume(tmp_path):
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp32", "loss_scaler"])
+def test_manual_optimization_two_optimizers_log_checkpoint_and_resume(tmp_path, scaled):
     """The engine honours manual optimization: the task steps both optimizers (the engine does not step again),
-    every scalar it returns is logged, both optimizers and schedules are checkpointed and a resume is exact."""
+    every scalar it returns is logged, both optimizers and schedules are checkpointed and a resume is exact; under
+    fp16's loss scaler the engine updates the scale once a batch and a resume continues from the saved scale."""
     import csv
 
     from visionlab.engine import fit, restore
 
     (tmp_path / "a").mkdir()
     task = _TwoPlayer.Task()
-    ctx = _two_player_context(task, tmp_path / "a")
+    ctx = _two_player_context(task, tmp_path / "a", scaled=scaled)
     state = fit(task, _Loader(), _Loader(2), ctx)
     assert state.step == 12 and all(o.state_dict()["state"][0]["step"] == 12 for o in ctx.optimizers.values())
     with (tmp_path / "a" / "metrics.csv").open() as f:
@@ -239,17 +239,19 @@ def test_manual_optimization_two_optimizers_log_checkpoint_and_resume(tmp_path):
     (tmp_path / "b").mkdir()
     cut = _TwoPlayer.Task()
     with pytest.raises(KeyboardInterrupt):                     # killed after epoch 1's checkpoint
-        fit(cut, _Loader(), _Loader(2), _two_player_context(cut, tmp_path / "b", [stop]))
+        fit(cut, _Loader(), _Loader(2), _two_player_context(cut, tmp_path / "b", [stop], scaled=scaled))
     ck = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.safetensors", with_train_state=True)
     assert set(ck["train_state"]["optimizers"]) == set(ck["train_state"]["schedulers"]) == {"g", "d"}
     again = _TwoPlayer.Task()
     again.model.load_state_dict(ck["weights"])
-    ctx2 = _two_player_context(again, tmp_path / "b")
+    ctx2 = _two_player_context(again, tmp_path / "b", scaled=scaled)
     resumed = fit(again, _Loader(), _Loader(2), ctx2, restore(again, ctx2, ck["train_state"]))
     strip = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in state.history]
     assert [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in resumed.history] == strip
     for k, v in task.model.state_dict().items():
         assert torch.equal(v, again.model.state_dict()[k]), k
+    if scaled:                                                  # 12 clean batches: grown 6 times, resumed included
+        assert ctx.scaler.get_scale() == ctx2.scaler.get_scale() == 2.0 ** 14
 
 
 def test_evaluate_computes_metrics_with_the_evaluated_model_and_precision():

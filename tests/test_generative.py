@@ -90,6 +90,34 @@ def test_gan_steps_both_optimizers_itself():
     assert changed == {"generator", "discriminator"}
 
 
+
+def _gan_step_params(scaler, seed: int = 0) -> tuple[dict, dict]:
+    """One seeded GAN step (both optimizers) with ``scaler`` as the run's fp16 loss scaler; the float parameters
+    before and after."""
+    torch.manual_seed(seed)
+    task = _task("dcgan", "dcgan.width=8")
+    task.optimizers = {k: torch.optim.Adam(g, lr=2e-4, betas=(0.5, 0.999))
+                       for k, g in task.optimizer_groups(C.OptimConfig(lr=2e-4)).items()}
+    task.scaler = scaler
+    before = {k: v.clone() for k, v in task.model.named_parameters()}
+    images = torch.randint(0, 256, (16, 28, 28, 1), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    task.training_step((images, torch.zeros(16, dtype=torch.long)))
+    return before, {k: v.detach().clone() for k, v in task.model.named_parameters()}
+
+
+def test_manual_optimization_goes_through_the_fp16_loss_scaler():
+    """Under fp16 the run's GradScaler scales the losses a manually optimizing task steps (GAN, MPL): a power-of-two
+    scale unscales exactly (the same step as without a scaler), and an overflowing scale skips both steps."""
+    _, plain = _gan_step_params(None)
+    _, scaled = _gan_step_params(torch.amp.GradScaler("cpu", init_scale=2.0 ** 12))
+    assert all(torch.equal(plain[k], scaled[k]) for k in plain)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)        # x the loss overflows float32: inf grads
+    before, after = _gan_step_params(scaler)
+    assert all(torch.equal(before[k], after[k]) for k in before)      # both optimizers skipped their step
+    assert len(scaler._per_optimizer_states) == 2                    # both went through the scaler
+    scaler.update()
+    assert scaler.get_scale() == 2.0 ** 126                            # backed off once for the batch
+
 def test_seeded_class_conditional_sampling():
     task = _task("dcgan", "dcgan.conditional=true", "dcgan.width=8")
     task.model.eval()

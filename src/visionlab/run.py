@@ -98,6 +98,7 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
                          ema=build_averaging(task.model, cfg.train, cfg.train.epochs * len(train_loader)),
                          scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None,
                          on_epoch_end=list(on_epoch_end or []), dist=dist)
+        task.scaler = ctx.scaler                # fp16: a task that optimizes manually scales its losses with it
         if dist.main:
             ctx.on_epoch_end.insert(0, _progress_pictures(task, ctx, run_dir))
         state = None

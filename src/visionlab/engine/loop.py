@@ -99,11 +99,12 @@ def train_state(task, ctx: FitContext, state: FitState) -> dict:
         fit["running"] = {**sum_dict(_counts(state.running), ctx.dist), **_clocks(state.running)}
     return {"optimizers": {k: o.state_dict() for k, o in ctx.optimizers.items()},
             "schedulers": {k: sc.state_dict() for k, sc in ctx.schedulers.items()}, "rng": rng,
-            "ema": ctx.ema.state_dict() if ctx.ema is not None else None, "fit": fit, "world": ctx.dist.world}
+            "ema": ctx.ema.state_dict() if ctx.ema is not None else None, "fit": fit, "world": ctx.dist.world,
+            "scaler": ctx.scaler.state_dict() if ctx.scaler is not None else None}
 
 
 def restore(task, ctx: FitContext, ts: dict) -> FitState:
-    """Restore optimizer, scheduler, EMA and RNG states from a checkpoint's train_state; return the position."""
+    """Restore optimizer, scheduler, EMA, loss-scaler and RNG states from a checkpoint's train_state; return the position."""
     optimizers = ts.get("optimizers") or {"main": ts["optimizer"]}       # runs saved before several optimizers
     schedulers = ts.get("schedulers") or {"main": ts["scheduler"]}
     for name, opt in ctx.optimizers.items():
@@ -111,6 +112,8 @@ def restore(task, ctx: FitContext, ts: dict) -> FitState:
         ctx.schedulers[name].load_state_dict(schedulers[name])
     if ctx.ema is not None and ts.get("ema"):
         ctx.ema.load_state_dict(ts["ema"])
+    if ctx.scaler is not None and ts.get("scaler"):     # fp16: the loss scale it had reached
+        ctx.scaler.load_state_dict(ts["scaler"])
     if ts.get("world", 1) != ctx.dist.world:
         from ..utils import UserError
 
@@ -148,6 +151,8 @@ def _train_step(task, ctx: FitContext, batch) -> dict:
     if task.manual_optimization:
         with autocast(ctx.device, ctx.precision):
             out = task.training_step(batch)
+        if ctx.scaler is not None:          # the task stepped through it (Task.step_optimizer): one update a batch
+            ctx.scaler.update()
     else:
         optimizer = next(iter(ctx.optimizers.values()))
         with autocast(ctx.device, ctx.precision):

@@ -61,6 +61,7 @@ class Task:
         self.info = info                        # DataInfo actually used (a pretrained backbone brings its mean/std)
         self.input_size = input_size            # (H, W) the model sees, for FLOP counts and exports
         self.optimizers: dict = {}              # set by the pipeline: name -> optimizer (manual optimization)
+        self.scaler = None                      # set by the pipeline under fp16: the run's GradScaler
 
     # ---- building
     def optimizer_groups(self, optim_cfg) -> dict[str, list[dict]]:
@@ -80,6 +81,24 @@ class Task:
         """Return {"loss": scalar tensor, **other scalars}; every key is logged as train/<key>. Under manual
         optimization the task has stepped its optimizers already and "loss" is only logged."""
         raise NotImplementedError
+
+    def step_optimizer(self, name: str, loss: torch.Tensor, params=None, clip: float = 0.0) -> None:
+        """Manual optimization: backward ``loss`` and step optimizer ``name`` (clipping ``params`` to norm ``clip``
+        when > 0), through the run's fp16 loss scaler when there is one; the engine updates the scale once per
+        batch, after the task's step."""
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        if self.scaler is None:
+            loss.backward()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(opt)
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        if self.scaler is None:
+            opt.step()
+        else:
+            self.scaler.step(opt)
 
     def on_train_epoch_start(self, epoch: int) -> None:
         """Called after ``model.train()`` at the start (and resume) of each 0-based epoch; a function of the epoch

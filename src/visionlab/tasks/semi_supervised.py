@@ -151,21 +151,13 @@ class SemiSupervisedTask(ClassificationTask):
         right = (pseudo == y_true).float()
         return {"mask": mask.mean(), "pl_acc": right.mean(), "mask_correct": (right * mask).mean()}
 
-    def _step(self, name: str, loss: torch.Tensor, params) -> None:
-        opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.s.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip)
-        opt.step()
-
     def _mpl_step(self, xl, yl, xu, yu) -> dict:
         net = getattr(self.model, "module", self.model)           # under DDP, the wrapped TeacherStudent
         teacher, student = net.teacher, net.student
         if self.global_step >= self.s.total_steps - self.s.finetune_steps:
             logits = student(self.train_tf(xl)).float()              # the final finetune on the labels alone
             loss = F.cross_entropy(logits, yl)
-            self._step("student", loss, student.parameters())
+            self.step_optimizer("student", loss, student.parameters(), self.s.grad_clip)
             return {"loss": loss.detach(), "s_loss_l": loss.detach(), "acc": (logits.argmax(1) == yl).float().mean()}
         xl_w, xu_w, xu_s = self._views(xl, xu, strong=True)
         t_logits = teacher(torch.cat([xl_w, xu_w, xu_s])).float()
@@ -181,7 +173,7 @@ class SemiSupervisedTask(ClassificationTask):
         sl, su_s = s_logits.split([len(xl_w), len(xu_s)])
         s_loss_l_old = F.cross_entropy(sl.detach(), yl)
         s_loss = F.cross_entropy(su_s, pseudo)
-        self._step("student", s_loss, student.parameters())
+        self.step_optimizer("student", s_loss, student.parameters(), self.s.grad_clip)
         with torch.no_grad():
             s_loss_l_new = F.cross_entropy(student(xl_w).float(), yl)
         # the student's feedback: a first-order estimate of how the step on the teacher's pseudo-labels changed the
@@ -189,7 +181,7 @@ class SemiSupervisedTask(ClassificationTask):
         h = (s_loss_l_old - s_loss_l_new).detach()
         t_loss_mpl = h * F.cross_entropy(tu_s, pseudo)
         t_loss = t_loss_uda + t_loss_mpl
-        self._step("teacher", t_loss, teacher.parameters())
+        self.step_optimizer("teacher", t_loss, teacher.parameters(), self.s.grad_clip)
         return {"loss": (s_loss + t_loss).detach(), "s_loss": s_loss.detach(), "s_loss_l": s_loss_l_new,
                 "t_loss_uda": t_loss_uda.detach(), "t_loss_mpl": t_loss_mpl.detach(), "mpl_h": h,
                 **self._pseudo_stats(pseudo, mask, yu), "acc": (sl.argmax(1) == yl).float().mean()}

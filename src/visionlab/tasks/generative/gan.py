@@ -36,20 +36,15 @@ class DCGANTask(GenerativeTask):
         labels = self.labels_of(batch)
         z = torch.randn(len(real), self.generator.latent_dim, device=real.device)
         fake = self.generator(z, labels)
-        opt_g, opt_d = self.optimizers["generator"], self.optimizers["discriminator"]
 
         d_real, d_fake = self.discriminator(real, labels).float(), self.discriminator(fake.detach(), labels).float()
         d_loss = (F.binary_cross_entropy_with_logits(d_real, torch.full_like(d_real, self.p.real_label))
                   + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
+        self.step_optimizer("discriminator", d_loss)
 
         g_logits = self.discriminator(fake, labels).float()        # non-saturating: maximise log D(G(z))
         g_loss = F.binary_cross_entropy_with_logits(g_logits, torch.ones_like(g_logits))
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
+        self.step_optimizer("generator", g_loss)
         return {"loss": (d_loss + g_loss).detach(), "d_loss": d_loss.detach(), "g_loss": g_loss.detach(),
                 "d_real": torch.sigmoid(d_real).mean().detach(), "d_fake": torch.sigmoid(d_fake).mean().detach()}
 
