@@ -39,6 +39,27 @@ def test_noise_schedules():
         alpha_bars("quadratic", 10)
 
 
+def test_min_snr_weights_the_clean_timesteps_down():
+    """Min-SNR-gamma (Hang et al. 2023) for epsilon prediction: weight min(SNR, gamma) / SNR, with SNR = abar /
+    (1 - abar); 1 where SNR <= gamma. Known answers on the linear schedule; gamma 0 is the plain MSE."""
+    plain = _task("ddpm", "ddpm.width=8")
+    task = _task("ddpm", "ddpm.width=8", "ddpm.min_snr_gamma=5", "data.hflip=false")   # same x0 in both steps
+    t = torch.tensor([0, 50, 999])
+    ab = alpha_bars("linear", 1000)[t]
+    snr = ab / (1 - ab)                                      # t=0: 9999; t=999: ~4e-5
+    w = task.loss_weights(t)
+    assert w[0].item() == pytest.approx(5 / 9999, rel=1e-3) and w[2].item() == 1.0
+    assert w[1].item() == pytest.approx(min(snr[1].item(), 5) / snr[1].item(), rel=1e-6)
+    assert torch.equal(plain.loss_weights(t), torch.ones(3))
+    images = torch.randint(0, 256, (8, 28, 28, 1), dtype=torch.uint8)
+    torch.manual_seed(3)
+    weighted = task.training_step((images, torch.zeros(8, dtype=torch.long)))["loss"]
+    task.p.min_snr_gamma = 0.0
+    torch.manual_seed(3)
+    unweighted = task.training_step((images, torch.zeros(8, dtype=torch.long)))["loss"]
+    assert weighted.item() < unweighted.item()               # every weight <= 1, the clean ones far below
+
+
 @pytest.mark.parametrize("sampler,steps", [("ddim", 1), ("ddim", 7), ("ancestral", None)])
 def test_samplers_recover_the_data_point_with_an_exact_noise_predictor(sampler, steps):
     """With data = one image x*, the exact noise predictor is eps(x_t, t) = (x_t - sqrt(ab_t) x*) / sqrt(1 - ab_t);

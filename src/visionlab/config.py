@@ -223,6 +223,8 @@ class DDPMConfig:
     dropout: float = opt(0.0, "dropout inside the residual blocks", ge=0, lt=1)
     timesteps: int = opt(1000, "diffusion steps T", ge=2)
     schedule: str = opt("linear", "noise schedule: linear (1e-4 to 0.02, Ho et al.) or cosine (Nichol & Dhariwal)")
+    min_snr_gamma: float = opt(0.0, "0 = the plain epsilon MSE (Ho et al.); > 0 weights each timestep's loss by "
+                                    "min(SNR, gamma) / SNR (Min-SNR-gamma, Hang et al. 2023; 5 there)", ge=0)
     sampler: str = opt("ddim", "ddim (deterministic, sample_steps steps) or ancestral (all T steps)")
     sample_steps: int = opt(50, "DDIM steps used for sampling and FID", ge=1)
     conditional: bool = opt(False, "condition the U-Net on the class label (sample a chosen class)")

@@ -50,8 +50,17 @@ class DDPMTask(GenerativeTask):
         noise = torch.randn_like(x0)
         ab = self.alpha_bar.to(x0.device, torch.float32)[t][:, None, None, None]
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        loss = F.mse_loss(self.unet(xt, t, self.labels_of(batch)).float(), noise)
-        return {"loss": loss}
+        err = (self.unet(xt, t, self.labels_of(batch)).float() - noise).pow(2).mean((1, 2, 3))
+        return {"loss": (err * self.loss_weights(t)).mean()}
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Per-image weight of the epsilon MSE at timesteps ``t``: 1, or min(SNR, gamma) / SNR under Min-SNR-gamma
+        (the nearly clean timesteps, whose noise is easy to see and costly to fit, count less)."""
+        if self.p.min_snr_gamma <= 0:
+            return torch.ones(len(t), device=t.device)
+        ab = self.alpha_bar.to(t.device)[t]
+        snr = ab / (1 - ab)
+        return (snr.clamp(max=self.p.min_snr_gamma) / snr).float()
 
     def timesteps_for(self, steps: int) -> list[int]:
         """``steps`` timesteps evenly spread over [0, T-1], highest first (DDIM's sub-sequence)."""
