@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +49,6 @@ def time_arms(arms: dict, steps: int, reps: int) -> dict:
     """Median ms per training step of each arm (name -> build_arm's tuple): one warm-up step each, then ``reps``
     rounds in which every arm takes ``steps`` steps on fresh batches of its loader, so that drift in the machine's
     load hits all arms alike."""
-    import time
 
     iters = {m: iter(loader) for m, (_, loader, _, _) in arms.items()}
     times: dict[str, list[float]] = {m: [] for m in arms}
@@ -79,6 +79,30 @@ def train_step(task, batch, precision: str) -> None:
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()
+
+
+def timed_baseline_epoch(loader, model, optimizer, loss_fn, max_batches: int | None = None,
+                         step_context=None) -> tuple[float, float]:
+    """(img/s, fraction of the time outside the model step) of a plain training loop over ``loader`` (``model``: any
+    callable, in training mode): the way the baselines train (wait for the next batch, then forward, backward and step under ``step_context()``), up to
+    ``max_batches`` batches; the clock starts when the loop asks for its first batch."""
+    import contextlib
+
+    step_context = step_context or contextlib.nullcontext
+    n, step_s, t0 = 0, 0.0, time.perf_counter()
+    for i, (x, y) in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        t = time.perf_counter()
+        with step_context():
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        step_s += time.perf_counter() - t
+        n += len(y)
+    total = time.perf_counter() - t0
+    return n / total, 1 - step_s / total
 
 
 TRAIN_FLOPS_PER_FORWARD = 3     # a training step costs about 3 forwards (backward: gradients of inputs and weights)

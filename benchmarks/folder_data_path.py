@@ -14,9 +14,8 @@ Last line: RESULT ours_outside_<size>=<f> baseline_outside_<size>=<g> ... speedu
 from __future__ import annotations
 
 import sys
-import time
 
-from _common import DATA, machine_peak, run_pipeline
+from _common import DATA, machine_peak, run_pipeline, timed_baseline_epoch
 
 import torch
 
@@ -36,18 +35,9 @@ def baseline(size: int, limit: int, workers: int, precision: str, batch: int) ->
     loader = torch.utils.data.DataLoader(subset, batch_size=batch, shuffle=True, num_workers=workers)
     model = torchvision.models.resnet18(num_classes=6).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    n, step_s, t0 = 0, 0.0, time.perf_counter()
-    for x, y in loader:
-        t = time.perf_counter()
-        with autocast(torch.device("cpu"), precision):
-            loss = torch.nn.functional.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step_s += time.perf_counter() - t
-        n += len(y)
-    total = time.perf_counter() - t0
-    return n / total, 1 - step_s / total
+    return timed_baseline_epoch(loader, lambda x: model(x.contiguous(memory_format=torch.channels_last)), opt,
+                                torch.nn.functional.cross_entropy,
+                                step_context=lambda: autocast(torch.device("cpu"), precision))
 
 
 def main(argv: list[str]) -> None:

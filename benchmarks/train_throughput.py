@@ -12,10 +12,9 @@ Last line: RESULT ratio=<x> ours_img_s=<y> baseline_img_s=<z> acc_delta=<d> ours
 """
 from __future__ import annotations
 
-import time
 
 from _common import DATA, build_arm, machine_peak, of_peak, run_efficiency, run_pipeline, time_arms, \
-    training_flop_per_s
+    timed_baseline_epoch, training_flop_per_s
 
 import numpy as np
 import torch
@@ -57,20 +56,7 @@ def baseline(workers: int, max_batches: int | None = None) -> tuple[float, float
     loader = torch.utils.data.DataLoader(train, batch_size=100, shuffle=True, num_workers=workers)
     model = SeedCNN()
     opt = torch.optim.Adam(model.parameters(), lr=0.00108)
-    model.train()
-    n, step_s, t0 = 0, 0.0, time.perf_counter()
-    for i, (x, y) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        t_step = time.perf_counter()
-        loss = F.nll_loss(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step_s += time.perf_counter() - t_step
-        n += len(y)
-    total = time.perf_counter() - t0
-    rate, outside = n / total, 1 - step_s / total
+    rate, outside = timed_baseline_epoch(loader, model, opt, F.nll_loss, max_batches)
     if max_batches is not None:
         return rate, None, outside
     model.eval()
