@@ -6,46 +6,73 @@ An equal budget is the only fair way to compare a VAE (cheap steps), a DCGAN and
 files set it through each variant's `train.epochs`, and this script is how those epochs were chosen and are checked.
 Only the step is timed (the data path is in memory and its share is logged by every run as outside_step_fraction).
 
+With ``runs=`` (finished runs of a constant learning rate, one per model) the arms are those runs' own configs and
+the output is their validation FID after each epoch against the model-step seconds spent so far: FID against the
+budget, one curve per model, from which a comparison's budget is chosen on the validation split.
+
     .venv/bin/python benchmarks/generative_budget.py [compare=configs/compare_mnist_generative.yaml] [steps=10]
                                                      [reps=3] [threads=N]
-Last line: RESULT <variant>_img_s=<r> <variant>_epochs=<configured> <variant>_equal_epochs=<e> ...
+    .venv/bin/python benchmarks/generative_budget.py runs=RUN_DIR,RUN_DIR,... [steps=10] [reps=3] [threads=N]
+Last line: RESULT <arm>_img_s=<r> <arm>_epochs=<configured> <arm>_equal_epochs=<e> ...
 """
 from __future__ import annotations
 
+import csv
 import sys
+from pathlib import Path
 
 from _common import ROOT, build_arm, time_arms
 
 import torch
 
 
+def _arms(kv: dict) -> tuple[dict, str, str]:
+    """(name -> build_arm tuple, baseline name, what they came from)."""
+    if "runs" in kv:
+        runs = [Path(r) for r in kv["runs"].split(",")]
+        names = [f"{r.parent.name}/{r.name}" if r.name.startswith("seed-") else r.name for r in runs]
+        return {n: build_arm(str(r / "config.yaml"), []) for n, r in zip(names, runs)}, names[0], kv["runs"]
+    from visionlab.experiments import compare as Cm
+
+    spec = Cm.load_spec(kv.get("compare", str(ROOT / "configs" / "compare_mnist_generative.yaml")))
+    arms = {v: build_arm(str(spec.config), [*spec.overrides, *o]) for v, o in spec.variants.items()}
+    return arms, spec.baseline, spec.source
+
+
+def _fid_curve(run_dir: Path) -> list[tuple[int, float]]:
+    """(epoch, val/fid) rows of a run's metrics.csv."""
+    with (run_dir / "metrics.csv").open() as f:
+        return [(int(r["epoch"]), float(r["val/fid"])) for r in csv.DictReader(f) if r.get("val/fid")]
+
+
 def main(argv: list[str]) -> None:
     from visionlab.deploy.latency import cpu_model
-    from visionlab.experiments import compare as Cm
 
     kv = dict(a.split("=", 1) for a in argv)
     if "threads" in kv:
         torch.set_num_threads(int(kv["threads"]))
-    spec = Cm.load_spec(kv.get("compare", str(ROOT / "configs" / "compare_mnist_generative.yaml")))
     steps, reps = int(kv.get("steps", 10)), int(kv.get("reps", 3))
-    arms = {v: build_arm(str(spec.config), [*spec.overrides, *o]) for v, o in spec.variants.items()}
+    arms, baseline, source = _arms(kv)
     ms = time_arms(arms, steps, reps)
-    print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}; {spec.source}")
+    print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}; {source}")
     rows, fields = {}, []
     for v, (_, loader, _, cfg) in arms.items():
-        rate = 1000 * cfg.train.batch_size / ms[v]
-        epoch_s = len(loader) * ms[v] / 1000
-        rows[v] = (rate, epoch_s, cfg.train.epochs)
-    budget = rows[spec.baseline][1] * rows[spec.baseline][2]
-    print(f"budget: the baseline {spec.baseline}'s {rows[spec.baseline][2]} epochs = {budget:.0f} s of model steps")
+        rows[v] = (1000 * cfg.train.batch_size / ms[v], len(loader) * ms[v] / 1000, cfg.train.epochs)
+    budget = rows[baseline][1] * rows[baseline][2]
+    print(f"budget: {baseline}'s {rows[baseline][2]} epochs = {budget:.0f} s of model steps")
     for v, (rate, epoch_s, epochs) in rows.items():
         equal = max(1, round(budget / epoch_s))
         cfg = arms[v][3]
-        print(f"{v:>12}: task={cfg.task}, batch {cfg.train.batch_size}, {arms[v][2]}: {rate:7.0f} img/s, "
+        print(f"{v:>24}: task={cfg.task}, batch {cfg.train.batch_size}, {arms[v][2]}: {rate:7.0f} img/s, "
               f"{epoch_s:6.1f} s/epoch; configured {epochs} epochs = {epochs * epoch_s:6.0f} s "
               f"({epochs * epoch_s / budget:.2f}x the budget); equal budget: {equal} epochs")
         fields += [f"{v}_img_s={rate:.0f}", f"{v}_epochs={epochs}", f"{v}_equal_epochs={equal}"]
-    print("RESULT " + " ".join(fields))
+    if "runs" in kv:
+        print("validation FID against the budget (model-step seconds at this run's measured speed):")
+        for (v, (_, epoch_s, _)), run in zip(rows.items(), kv["runs"].split(",")):
+            curve = _fid_curve(Path(run))
+            print(f"{v:>24}: " + ", ".join(f"{e * epoch_s:.0f} s {fid:.1f}" for e, fid in curve))
+    print("RESULT " + " ".join(fields).replace("/", "_"))
 
 
 if __name__ == "__main__":
