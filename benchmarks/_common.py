@@ -84,8 +84,8 @@ def train_step(task, batch, precision: str) -> None:
 def timed_baseline_epoch(loader, model, optimizer, loss_fn, max_batches: int | None = None,
                          step_context=None) -> tuple[float, float]:
     """(img/s, fraction of the time outside the model step) of a plain training loop over ``loader`` (``model``: any
-    callable, in training mode): the way the baselines train (wait for the next batch, then forward, backward and step under ``step_context()``), up to
-    ``max_batches`` batches; the clock starts when the loop asks for its first batch."""
+    callable, in training mode), the way the baselines train: wait for the next batch, then forward, backward and
+    step under ``step_context()``, up to ``max_batches`` batches; the clock starts at the first batch's request."""
     import contextlib
 
     step_context = step_context or contextlib.nullcontext

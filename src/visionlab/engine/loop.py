@@ -104,7 +104,8 @@ def train_state(task, ctx: FitContext, state: FitState) -> dict:
 
 
 def restore(task, ctx: FitContext, ts: dict) -> FitState:
-    """Restore optimizer, scheduler, EMA, loss-scaler and RNG states from a checkpoint's train_state; return the position."""
+    """Restore optimizer, scheduler, EMA, loss-scaler and RNG states from a checkpoint's train_state; return the
+    position."""
     optimizers = ts.get("optimizers") or {"main": ts["optimizer"]}       # runs saved before several optimizers
     schedulers = ts.get("schedulers") or {"main": ts["scheduler"]}
     for name, opt in ctx.optimizers.items():
