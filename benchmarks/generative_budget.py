@@ -17,7 +17,6 @@ Last line: RESULT <arm>_img_s=<r> <arm>_epochs=<configured> <arm>_equal_epochs=<
 """
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -26,23 +25,25 @@ from _common import ROOT, build_arm, time_arms
 import torch
 
 
-def _arms(kv: dict) -> tuple[dict, str, str]:
-    """(name -> build_arm tuple, baseline name, what they came from)."""
+def _arms(kv: dict) -> tuple[dict, str, str, dict]:
+    """(name -> build_arm tuple, baseline name, what they came from, name -> run dir with ``runs=``, else {})."""
     if "runs" in kv:
         runs = [Path(r) for r in kv["runs"].split(",")]
         names = [f"{r.parent.name}/{r.name}" if r.name.startswith("seed-") else r.name for r in runs]
-        return {n: build_arm(str(r / "config.yaml"), []) for n, r in zip(names, runs)}, names[0], kv["runs"]
+        run_dirs = dict(zip(names, runs))
+        return {n: build_arm(str(r / "config.yaml"), []) for n, r in run_dirs.items()}, names[0], kv["runs"], run_dirs
     from visionlab.experiments import compare as Cm
 
     spec = Cm.load_spec(kv.get("compare", str(ROOT / "configs" / "compare_mnist_generative.yaml")))
     arms = {v: build_arm(str(spec.config), [*spec.overrides, *o]) for v, o in spec.variants.items()}
-    return arms, spec.baseline, spec.source
+    return arms, spec.baseline, spec.source, {}
 
 
 def _fid_curve(run_dir: Path) -> list[tuple[int, float]]:
-    """(epoch, val/fid) rows of a run's metrics.csv."""
-    with (run_dir / "metrics.csv").open() as f:
-        return [(int(r["epoch"]), float(r["val/fid"])) for r in csv.DictReader(f) if r.get("val/fid")]
+    """(epoch, val/fid) of each epoch that logged a validation FID in the run's metrics.csv."""
+    from visionlab.views.report import read_metrics_csv
+
+    return [(r["epoch"], r["val/fid"]) for r in read_metrics_csv(run_dir / "metrics.csv") if r.get("val/fid")]
 
 
 def main(argv: list[str]) -> None:
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> None:
     if "threads" in kv:
         torch.set_num_threads(int(kv["threads"]))
     steps, reps = int(kv.get("steps", 10)), int(kv.get("reps", 3))
-    arms, baseline, source = _arms(kv)
+    arms, baseline, source, run_dirs = _arms(kv)
     ms = time_arms(arms, steps, reps)
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}; {source}")
     rows, fields = {}, []
@@ -67,11 +68,11 @@ def main(argv: list[str]) -> None:
               f"{epoch_s:6.1f} s/epoch; configured {epochs} epochs = {epochs * epoch_s:6.0f} s "
               f"({epochs * epoch_s / budget:.2f}x the budget); equal budget: {equal} epochs")
         fields += [f"{v}_img_s={rate:.0f}", f"{v}_epochs={epochs}", f"{v}_equal_epochs={equal}"]
-    if "runs" in kv:
+    if run_dirs:
         print("validation FID against the budget (model-step seconds at this run's measured speed):")
-        for (v, (_, epoch_s, _)), run in zip(rows.items(), kv["runs"].split(",")):
-            curve = _fid_curve(Path(run))
-            print(f"{v:>24}: " + ", ".join(f"{e * epoch_s:.0f} s {fid:.1f}" for e, fid in curve))
+        for v, run_dir in run_dirs.items():
+            epoch_s = rows[v][1]
+            print(f"{v:>24}: " + ", ".join(f"{e * epoch_s:.0f} s {fid:.1f}" for e, fid in _fid_curve(run_dir)))
     print("RESULT " + " ".join(fields).replace("/", "_"))
 
 

@@ -12,7 +12,6 @@ Last line: RESULT ratio=<x> ours_img_s=<y> baseline_img_s=<z> acc_delta=<d> ours
 """
 from __future__ import annotations
 
-
 from _common import DATA, build_arm, machine_peak, of_peak, run_efficiency, run_pipeline, time_arms, \
     timed_baseline_epoch, training_flop_per_s
 
