@@ -10,10 +10,11 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from visionlab import config as C
 from visionlab.cli.experiments import cmd_compare, cmd_seeds
-from visionlab.experiments import compare, seeds
+from visionlab.experiments import compare, parallel, seeds
 from visionlab.experiments.render import render_any
 from visionlab.utils import ConfigError, UserError
 
@@ -165,3 +166,33 @@ def test_failed_runs_are_left_out_and_explained(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="trained again"):
         seeds.ensure_seed(C.load_config(None, ["seed=3"]), parent, 3, logged.append)
     assert logged[0] == f"{parent / 'seed-3'}: failed: interrupted but no checkpoint; starting it again"
+
+
+def test_seeds_jobs_run_side_by_side_with_the_same_results(tmp_path, capfd):
+    """jobs=2: two spawned workers; every seed's result is the one a run on its own gives (here seed-1 again, alone,
+    on the same one thread: a different thread count may round differently), and a second call finds everything
+    finished."""
+    args = [*TINY, "train.epochs=1", "train.threads=1", f"out_dir={tmp_path}"]
+    assert cmd_seeds([*args, "n=2", "jobs=2", "name=par"]) == 0
+    assert "2 runs to train, 2 at a time" in capfd.readouterr().err      # workers write to the same stderr
+    assert seeds.ensure_seed(C.load_config(None, [*args, "name=seq"]), tmp_path / "seq", 1) == "ran"
+    par = json.loads((tmp_path / "par" / "seed-1" / "summary.json").read_text())
+    seq = json.loads((tmp_path / "seq" / "seed-1" / "summary.json").read_text())
+    assert par["test/acc"] == seq["test/acc"] and par["test/loss"] == seq["test/loss"]
+    saved = C.from_dict(yaml.safe_load((tmp_path / "par" / "seed-0" / "config.yaml").read_text()))
+    assert saved.seed == 0 and saved.train.threads == 1 and saved.train.progress is False
+    assert cmd_seeds([*args, "n=2", "jobs=2", "name=par"]) == 0
+    err = capfd.readouterr().err
+    assert err.count("finished, skipped") == 2 and "at a time" not in err     # no workers started for nothing
+
+
+def test_jobs_option_checks_and_worker_share():
+    with pytest.raises(ConfigError, match="jobs=0"):
+        cmd_seeds([*TINY, "n=1", "jobs=0"])
+    with pytest.raises(ConfigError, match="jobs: expected an integer"):
+        cmd_compare(["x.yaml", "jobs=two"])
+    cfg = C.load_config(None, ["train.threads=0", "train.progress=true"])
+    assert parallel.worker_config(cfg, 2, cores=16).train.threads == 8
+    assert parallel.worker_config(cfg, 32, cores=16).train.threads == 1
+    assert parallel.worker_config(C.load_config(None, ["train.threads=3"]), 2, cores=16).train.threads == 3
+    assert parallel.worker_config(cfg, 2).train.progress is False and cfg.train.progress is True

@@ -5,9 +5,10 @@ from pathlib import Path
 
 from ..utils import ConfigError, UserError, read_json
 
-USAGE_SEEDS = "usage: visionlab seeds [CONFIG.yaml] [n=5] [key=value ...]"
-USAGE_COMPARE = ("usage: visionlab compare COMPARE.yaml [n=5] [metric=test/<name>] [key=value ...]  (metric: "
-                 "default the runs' primary metric, test/acc or test/miou)")
+USAGE_SEEDS = "usage: visionlab seeds [CONFIG.yaml] [n=5] [jobs=1] [key=value ...]  (jobs: runs trained at once)"
+USAGE_COMPARE = ("usage: visionlab compare COMPARE.yaml [n=5] [metric=test/<name>] [jobs=1] [key=value ...]  (metric: "
+                 "default the runs' primary metric, test/acc or test/miou; jobs: runs trained at once, each on its "
+                 "share of the cores)")
 
 
 def _parse(args: list[str], options: tuple[str, ...], usage: str) -> tuple[str | None, dict, list[str]]:
@@ -47,10 +48,11 @@ def _text_table(header: list[str], rows: list[list[str]]) -> str:
 def cmd_seeds(args: list[str]) -> int:
     """Train seeds 0..n-1 of a config (skipping finished, resuming interrupted ones) and report mean/std/CI."""
     from ..experiments import seeds
+    from ..experiments.parallel import check_jobs
 
-    cfg_path, opts, overrides = _parse(args, ("n",), USAGE_SEEDS)
+    cfg_path, opts, overrides = _parse(args, ("n", "jobs"), USAGE_SEEDS)
     n = _int(opts.get("n", "5"), "n")
-    html = seeds.run_seeds(cfg_path, overrides, n)
+    html = seeds.run_seeds(cfg_path, overrides, n, jobs=check_jobs(_int(opts.get("jobs"), "jobs")))
     data = read_json(html.parent / "seeds.json")
     header = ["metric", "n", "mean", "std", "95% CI", "min", "max"]
     rows = [[label, str(st["n"]), seeds.fmt(st["mean"], kind), seeds.fmt(st["std"], kind), seeds.ci_text(st, kind),
@@ -67,12 +69,14 @@ def cmd_seeds(args: list[str]) -> int:
 def cmd_compare(args: list[str]) -> int:
     """Train every variant of a COMPARE.yaml over n seeds and report differences to the baseline."""
     from ..experiments import compare
+    from ..experiments.parallel import check_jobs
 
-    path, opts, overrides = _parse(args, ("n", "metric"), USAGE_COMPARE)
+    path, opts, overrides = _parse(args, ("n", "metric", "jobs"), USAGE_COMPARE)
     if path is None:
         raise UserError(f"pass a compare file first (see configs/compare_*.yaml)\n{USAGE_COMPARE}")
+    jobs = check_jobs(_int(opts.get("jobs"), "jobs"))
     spec = compare.load_spec(path, overrides, n=_int(opts.get("n"), "n"), metric=opts.get("metric"))
-    html = compare.run_compare(spec)
+    html = compare.run_compare(spec, jobs=jobs)
     data = read_json(Path(html).parent / "compare.json")
     header, rows = compare.results_table(data)
     print(f"{data['metric']} ({'lower' if data.get('mode') == 'min' else 'higher'} is better), n={spec.n} seeds "

@@ -44,6 +44,7 @@ modes:
                                          soft/hard voting of finished runs vs their members' mean +- std
   sweep CONFIG.yaml SPACE.yaml [trials=N] [timeout=S] [storage=URL] [worker=true] [confirm=K n=5] [key=value ...]
                                          grid / random / TPE search (Optuna), median pruning, then confirm over seeds
+  (seeds, compare, dg: jobs=N trains N runs at once, each on its share of the cores)
   (distributed: torchrun --nproc_per_node=N -m visionlab train ...)
 """
 

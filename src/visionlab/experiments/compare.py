@@ -6,7 +6,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from visionlab import config as C
 from visionlab.engine.rundir import check_name
 from visionlab.experiments import primary as P
@@ -96,12 +95,11 @@ def spec_from_dict(d: dict, path: Path, overrides: list[str] | None = None, n: i
     return spec
 
 
-def run_compare(spec: CompareSpec, log=None) -> Path:
+def run_compare(spec: CompareSpec, log=None, jobs: int = 1) -> Path:
     """Train every variant x seed (seed-major, so a stopped comparison is already paired on its first seeds),
-    skipping finished runs and resuming interrupted ones; then write the comparison. Returns compare.html."""
-    for k in range(spec.n):
-        for v, cfg in spec.configs.items():
-            S.ensure_seed(cfg, spec.parent / v, k, log)
+    ``jobs`` at a time, skipping finished runs and resuming interrupted ones; then write the comparison. Returns
+    compare.html."""
+    S.ensure_all([(cfg, spec.parent / v, k) for k in range(spec.n) for v, cfg in spec.configs.items()], jobs, log)
     for v in spec.variants:
         S.write_seeds(spec.parent / v, {"name": f"{spec.name}/{v}", "config": str(spec.config),
                                         "overrides": spec.overrides + spec.variants[v], "n": spec.n})

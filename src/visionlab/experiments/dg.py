@@ -109,13 +109,12 @@ def meta_of(dg: DGSpec) -> dict:
             "variant_overrides": s.variants}
 
 
-def run_dg(dg: DGSpec, log=None) -> Path:
+def run_dg(dg: DGSpec, log=None, jobs: int = 1) -> Path:
     """Train every seed x held-out domain x variant (seed-major: a stopped run is already complete, and paired, on
-    its first seeds), skipping finished runs and resuming interrupted ones; then write every report. Returns dg.html."""
-    for k in range(dg.spec.n):
-        for t in dg.domains:
-            for v, cfg in dg.configs[t].items():
-                S.ensure_seed(cfg, dg.parent / t / v, k, log)
+    its first seeds), ``jobs`` at a time, skipping finished runs and resuming interrupted ones; then write every
+    report. Returns dg.html."""
+    S.ensure_all([(cfg, dg.parent / t / v, k) for k in range(dg.spec.n) for t in dg.domains
+                for v, cfg in dg.configs[t].items()], jobs, log)
     return write_all(dg)
 
 

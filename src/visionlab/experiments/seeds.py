@@ -14,6 +14,7 @@ import yaml
 from visionlab import config as C
 from visionlab.engine.lock import check_free
 from visionlab.engine.rundir import check_name, read_status
+from visionlab.experiments import parallel
 from visionlab.experiments import primary as P
 from visionlab.experiments import stats
 from visionlab.views import plots
@@ -65,9 +66,13 @@ def train_run(cfg: C.Config):
     return train_and_report(cfg)
 
 
+def default_log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def ensure_seed(cfg: C.Config, parent: Path, seed: int, log=None) -> str:
     """Make sure ``parent/seed-<seed>`` holds a finished run of ``cfg`` with that seed; returns what was done."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or default_log
     run_dir = parent / f"seed-{seed}"
     if run_dir.exists():
         check_free(run_dir)         # another process trains it: never delete, resume or count it under its feet
@@ -94,6 +99,31 @@ def ensure_seed(cfg: C.Config, parent: Path, seed: int, log=None) -> str:
     return "resumed" if state == "interrupted" else "ran"
 
 
+Job = tuple[C.Config, Path, int]        # (config, parent folder, seed): the run parent/seed-<seed>
+
+
+def ensure_all(jobs: list[Job], workers: int = 1, log=None) -> list[str]:
+    """`ensure_seed` for every job, in the given order (callers list them seed-major, so a stopped experiment is
+    already paired on its first seeds); returns each job's action. Finished runs are skipped here; with ``workers``
+    > 1 the others train that many at a time in worker processes (`parallel.run_in_workers`), each on its share of
+    the cores."""
+    workers = parallel.check_jobs(workers)
+    actions: dict[int, str] = {}
+    todo = []
+    for i, (cfg, parent, seed) in enumerate(jobs):
+        if seed_dir_state(parent / f"seed-{seed}") == "finished":
+            actions[i] = ensure_seed(cfg, parent, seed, log)
+        else:
+            todo.append(i)
+    if workers == 1 or len(todo) <= 1:
+        actions.update({i: ensure_seed(*jobs[i], log) for i in todo})
+    else:
+        (log or default_log)(f"{len(todo)} runs to train, {workers} at a time")
+        calls = [(parallel.worker_config(jobs[i][0], workers), *jobs[i][1:]) for i in todo]
+        actions.update(zip(todo, parallel.run_in_workers(ensure_seed, calls, workers)))
+    return [actions[i] for i in range(len(jobs))]
+
+
 def experiment_config(cfg_path: str | None, overrides: list[str]) -> tuple[C.Config, Path]:
     """The resolved config and the experiment folder <out_dir>/<name>; seeds and resume are set per seed."""
     for item in overrides:
@@ -105,8 +135,9 @@ def experiment_config(cfg_path: str | None, overrides: list[str]) -> tuple[C.Con
     return cfg, Path(cfg.out_dir) / check_name(cfg.name or "default")
 
 
-def run_seeds(cfg_path: str | None, overrides: list[str], n: int, log=None) -> Path:
-    """Train seeds 0..n-1 of a config into <out_dir>/<name>/seed-<k>/, then write seeds.json and its report.
+def run_seeds(cfg_path: str | None, overrides: list[str], n: int, log=None, jobs: int = 1) -> Path:
+    """Train seeds 0..n-1 of a config into <out_dir>/<name>/seed-<k>/, ``jobs`` at a time, then write seeds.json
+    and its report.
 
     Finished seeds are skipped and interrupted ones resumed, so re-running after a crash only does what is missing.
     Returns the path of seeds.html."""
@@ -114,7 +145,7 @@ def run_seeds(cfg_path: str | None, overrides: list[str], n: int, log=None) -> P
         raise UserError(f"n={n}: need at least one seed (n=5 is a good start; n>=2 for a confidence interval)")
     cfg, parent = experiment_config(cfg_path, overrides)
     parent.mkdir(parents=True, exist_ok=True)
-    actions = {k: ensure_seed(cfg, parent, k, log) for k in range(n)}
+    actions = dict(enumerate(ensure_all([(cfg, parent, k) for k in range(n)], jobs, log)))
     meta = {"name": parent.name, "config": str(cfg_path) if cfg_path else None, "overrides": list(overrides),
             "n": n, "actions": {str(k): v for k, v in actions.items()}}
     return write_seeds(parent, meta)

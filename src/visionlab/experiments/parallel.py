@@ -1,0 +1,53 @@
+"""Runs side by side: ``jobs`` calls at a time in spawned worker processes, each run given its share of the CPU cores
+(`seeds.ensure_all` trains a list of seed runs through it).
+
+Small models rarely use two cores well (on a 2-core CPU, measured with benchmarks/generative_budget.py: a DCGAN
+step 302 img/s on one thread and 612 on two, a VAE 1,797 and 2,917, a small DDPM 60 and 104), and a run's
+evaluation, sampling and report are mostly one thread: two 1-thread runs side by side finish the same seeds sooner
+(benchmarks/parallel_jobs.py). Every run is still trained by `seeds.ensure_seed`, so finished runs are skipped,
+interrupted ones resumed, and the results are the same as one after another on the same thread count (a seed's run
+depends on its config and seed, not on its neighbours)."""
+from __future__ import annotations
+
+import copy
+import multiprocessing
+import os
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+from visionlab import config as C
+from visionlab.utils import ConfigError
+
+
+def check_jobs(jobs: int | None) -> int:
+    """``jobs`` (default 1), refused below 1 with the fix."""
+    jobs = 1 if jobs is None else jobs
+    if jobs < 1:
+        raise ConfigError(f"jobs={jobs}: expected how many runs train at once, 1 or more (e.g. jobs=2 on 2 cores "
+                          f"for small models)")
+    return jobs
+
+
+def worker_config(cfg: C.Config, jobs: int, cores: int | None = None) -> C.Config:
+    """``cfg`` for one of ``jobs`` runs side by side: its share of the cores when train.threads is 0 (all cores),
+    no progress bar (they would interleave). Both keys are runtime settings: they never change a result, and a run
+    started one way resumes or is skipped the other way."""
+    out = copy.deepcopy(cfg)
+    if not out.train.threads:
+        out.train.threads = max(1, (cores or os.cpu_count() or 1) // jobs)
+    out.train.progress = False
+    return out
+
+
+def run_in_workers(fn, calls: list[tuple], workers: int) -> list:
+    """``fn(*args)`` for every ``args`` in ``calls``, started in that order, ``workers`` at a time in spawned processes
+    (``fn`` is a module-level function); returns the results in order. The first failure cancels the calls not yet
+    started, lets the running ones finish (a training run is checkpointed anyway) and is raised."""
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, *args) for args in calls]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = next((f for f in futures if f in done and f.exception() is not None), None)
+        if failed is not None:
+            for f in futures:
+                f.cancel()
+            failed.result()
+    return [f.result() for f in futures]
