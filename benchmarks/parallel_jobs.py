@@ -28,8 +28,10 @@ def _seeds(config: str, overrides: list[str], n: int, jobs: int, out: str) -> fl
     cmd = [sys.executable, "-m", "visionlab", "seeds", config, f"n={n}", f"jobs={jobs}", f"out_dir={out}",
            "train.progress=false", "train.tensorboard=false", *overrides]
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, "VISIONLAB_DATA": str(DATA),
-                                                                   "PYTHONPATH": str(ROOT / "src")})
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "VISIONLAB_DATA": str(DATA),
+                                                                 "PYTHONPATH": str(ROOT / "src")})
+    if r.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr[-3000:]}")
     return time.perf_counter() - t0
 
 

@@ -126,7 +126,8 @@ def test_report_eval_predict_export(task_run, tmp_path):
             r = run_cli("eval", str(run_dir), "tag=steps2", "ddpm.sample_steps=2")
             assert r.returncode == 0, r.stderr
             assert json.loads((run_dir / "eval_test-steps2.json").read_text())["overrides"] == ["ddpm.sample_steps=2"]
-            assert "## FID against sampling steps" in (run_dir / "report.md").read_text()
+            report = (run_dir / "report.md").read_text()
+            assert "## FID against sampling steps" in report and "| steps | FID | KID | generated images |" in report
         return
     assert parity["metric"] == {"classification": "top1", "ssl": "top1", "dg": "top1", "segmentation": "miou",
                                 "detection": "map"}[task]

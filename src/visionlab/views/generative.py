@@ -45,11 +45,13 @@ def _steps_table(info: dict) -> list:
             rows.append((int(steps[0]), name, d))
     if not rows:
         return []
-    table = [[str(k), fmt(d.get(f"{n}/fid")), fmt(d.get(f"{n}/kid"), "f4"), fmt(d.get(f"{n}/sample_ms")), n]
-             for k, n, d in sorted(rows)]
+    table = [[str(k), fmt(d.get(f"{n}/fid")), fmt(d.get(f"{n}/kid"), "f4"), fmt(d.get(f"{n}/n_gen"), "int"),
+              fmt(d.get(f"{n}/sample_ms")), n] for k, n, d in sorted(rows)]
     return [("FID against sampling steps", [("text", "DDIM steps (`visionlab eval RUN tag=stepsK "
-                                                     "ddpm.sample_steps=K`), same extractor and counts."),
-                                            ("table", ["steps", "FID", "KID", "ms per image", "eval"], table)])]
+                                                     "ddpm.sample_steps=K`), same extractor; compare rows with the "
+                                                     "same number of generated images only."),
+                                            ("table", ["steps", "FID", "KID", "generated images", "ms per image",
+                                                       "eval"], table)])]
 
 
 def sections(info: dict, classes: list[str]) -> list:
