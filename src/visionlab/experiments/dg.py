@@ -114,7 +114,7 @@ def run_dg(dg: DGSpec, log=None, jobs: int = 1) -> Path:
     its first seeds), ``jobs`` at a time, skipping finished runs and resuming interrupted ones; then write every
     report. Returns dg.html."""
     S.ensure_all([(cfg, dg.parent / t / v, k) for k in range(dg.spec.n) for t in dg.domains
-                for v, cfg in dg.configs[t].items()], jobs, log)
+                  for v, cfg in dg.configs[t].items()], jobs, log)
     return write_all(dg)
 
 

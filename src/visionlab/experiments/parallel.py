@@ -22,8 +22,8 @@ def check_jobs(jobs: int | None) -> int:
     """``jobs`` (default 1), refused below 1 with the fix."""
     jobs = 1 if jobs is None else jobs
     if jobs < 1:
-        raise ConfigError(f"jobs={jobs}: expected how many runs train at once, 1 or more (e.g. jobs=2 on 2 cores "
-                          f"for small models)")
+        raise ConfigError(f"jobs={jobs}: expected how many runs train at once, 1 or more (jobs=1 trains them one "
+                          f"after another)")
     return jobs
 
 

@@ -106,7 +106,7 @@ def ensure_all(jobs: list[Job], workers: int = 1, log=None) -> list[str]:
     """`ensure_seed` for every job, in the given order (callers list them seed-major, so a stopped experiment is
     already paired on its first seeds); returns each job's action. Finished runs are skipped here; with ``workers``
     > 1 the others train that many at a time in worker processes (`parallel.run_in_workers`), each on its share of
-    the cores."""
+    the cores, and log to stderr (``log`` stays in this process)."""
     workers = parallel.check_jobs(workers)
     actions: dict[int, str] = {}
     todo = []
