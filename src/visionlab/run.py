@@ -67,26 +67,10 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
             write_env(run_dir, device, precision)
         seed_everything(cfg.seed)
 
-        size_asked = cfg.data.image_size
-        splits = build_splits(cfg.data, default_size=default_image_size(cfg))
-        if dist.main and resume_dir is None and cfg.data.image_size != size_asked:
-            atomic_write_text(run_dir / "config.yaml", C.dump_yaml(cfg))     # the size the data chose
-        if cfg.data.synthetic:                  # generative augmentation: samples of a conditional model
-            splits.train = add_generated(splits.train, splits.info(), cfg)
-        if cfg.data.bootstrap:                  # a bagging member: n draws with replacement from the train split
-            splits.train = bootstrap(splits.train, cfg.seed)
-        if dist.main:
-            _write_data_reports(splits, run_dir)
+        splits = _build_data(cfg, run_dir if dist.main else None, new_run=resume_dir is None)
         gen = torch.Generator().manual_seed(cfg.seed + 1 + 1000 * dist.rank)   # augmentation; saved in checkpoints
-        task = TASKS.get(cfg.task)(cfg, splits.info(), gen)
-        if dist.enabled and task.manual_optimization:
-            # the task steps its own optimizers on the unwrapped networks, which DDP would not synchronise
-            raise ConfigError(f"task={cfg.task} steps several optimizers itself (dcgan, ssl.method=mpl), which "
-                              "data parallelism does not support yet: train it in one process (without torchrun)")
+        task = _build_task(cfg, splits, gen, dist, device)
         info = task.info                        # a pretrained backbone brings its own mean/std
-        task.model.to(device)
-        if cfg.train.channels_last:
-            task.model.to(memory_format=torch.channels_last)
         train_loader = _train_loader(splits, task, cfg, info, dist)
         val_loader = _eval_loader(splits.val, cfg, info, task.uses_domains)
         optimizers = {k: build_optimizer(g, cfg.optim) for k, g in task.optimizer_groups(cfg.optim).items()}
@@ -116,6 +100,35 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
         write_status(run_dir, "finished")
     distributed.cleanup(dist)
     return RunResult(run_dir, summary)
+
+
+def _build_data(cfg: C.Config, run_dir: Path | None, new_run: bool):
+    """The run's splits, with generated or bootstrapped training data where the config asks; the main process
+    (``run_dir`` given) writes the data reports, and a new run's config.yaml again when the data chose the size."""
+    size_asked = cfg.data.image_size
+    splits = build_splits(cfg.data, default_size=default_image_size(cfg))
+    if run_dir is not None and new_run and cfg.data.image_size != size_asked:
+        atomic_write_text(run_dir / "config.yaml", C.dump_yaml(cfg))     # the size the data chose
+    if cfg.data.synthetic:                  # generative augmentation: samples of a conditional model
+        splits.train = add_generated(splits.train, splits.info(), cfg)
+    if cfg.data.bootstrap:                  # a bagging member: n draws with replacement from the train split
+        splits.train = bootstrap(splits.train, cfg.seed)
+    if run_dir is not None:
+        _write_data_reports(splits, run_dir)
+    return splits
+
+
+def _build_task(cfg: C.Config, splits, gen: torch.Generator, dist, device):
+    """The configured task with its model(s) on ``device`` (channels-last when asked)."""
+    task = TASKS.get(cfg.task)(cfg, splits.info(), gen)
+    if dist.enabled and task.manual_optimization:
+        # the task steps its own optimizers on the unwrapped networks, which DDP would not synchronise
+        raise ConfigError(f"task={cfg.task} steps several optimizers itself (dcgan, ssl.method=mpl), which "
+                          "data parallelism does not support yet: train it in one process (without torchrun)")
+    task.model.to(device)
+    if cfg.train.channels_last:
+        task.model.to(memory_format=torch.channels_last)
+    return task
 
 
 # Keys `visionlab eval` may change: how the data is decoded and evaluated, never what was trained. The run's own
