@@ -1,4 +1,4 @@
-"""The public Python API, mirroring the CLI: the pipeline (run.py) plus the human views (views/, experiments/)."""
+"""The public Python API, mirroring the CLI: the pipeline (run/) plus the human views (views/, experiments/)."""
 from __future__ import annotations
 
 from pathlib import Path

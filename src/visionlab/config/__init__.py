@@ -207,6 +207,17 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | di
     return from_dict(d)
 
 
+def as_config(cfg, overrides: list[str] | None = None) -> Config:
+    """A Config from a Config (copied), a nested dict, a YAML path or None (the main job), with ``overrides``."""
+    if cfg is None or isinstance(cfg, (str, Path)):
+        return load_config(cfg, overrides)
+    if isinstance(cfg, dict):
+        return from_dict(merge(cfg, parse_overrides(overrides or [])))
+    if overrides:
+        return from_dict(merge(to_dict(cfg), parse_overrides(overrides)))
+    return copy.deepcopy(cfg)
+
+
 def default_name(d: dict) -> str:
     """The run name of a config without a file: the demo's own name, or <dataset>-<model> once either is changed
     (a folder dataset is named after its root folder): `data.name=folder data.root=x/trashnet model.name=resnet18`

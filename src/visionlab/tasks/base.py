@@ -1,4 +1,4 @@
-"""The Task contract: the only door between the pipeline (run.py, engine, views, CLI, app) and a task family.
+"""The Task contract: the only door between the pipeline (run/, engine, views, CLI, app) and a task family.
 
 A task declares what it needs and does the science (targets, loss, metrics, predictions); the engine does the
 engineering (precision, clipping, checkpoints, resume, logs, DDP). Nothing outside ``tasks/`` knows a task's details:

@@ -221,7 +221,7 @@ def _deploy(info: dict) -> list:
                    ("table", ["format", f"eager {m}", f"export {m}", "diff (points)", "same argmax",
                               "max |logit diff|", "file"], rows)]
     if isinstance(bench, dict) and bench.get("results"):
-        from visionlab.views.bench_run import bench_table, machine_line   # lazy: needs torch and run.py
+        from visionlab.views.bench_run import bench_table, machine_line   # lazy: needs torch and run/
 
         header, rows = bench_table(bench)
         blocks += [("text", f"Latency per batch on {machine_line(bench)}."), ("table", header, rows)]
