@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -196,3 +197,47 @@ def test_jobs_option_checks_and_worker_share():
     assert parallel.worker_config(cfg, 32, cores=16).train.threads == 1
     assert parallel.worker_config(C.load_config(None, ["train.threads=3"]), 2, cores=16).train.threads == 3
     assert parallel.worker_config(cfg, 2).train.progress is False and cfg.train.progress is True
+
+
+def test_workers_end_when_the_parent_is_killed(tmp_path):
+    """SIGKILL of `seeds/compare ... jobs=N` (not only Ctrl-C) ends its workers: none trains on as an orphan beside a
+    rerun. Two workers sleep here; the parent is killed once both run, and both are gone within seconds."""
+    parent = subprocess.Popen([sys.executable, "-c", "import time\nfrom visionlab.experiments import parallel\n"
+                               "parallel.run_in_workers(time.sleep, [(120,), (120,)], 2)\n"])
+    deadline, workers = time.time() + 60, []
+    while len(workers) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+        workers = [p for p in _children(parent.pid) if b"spawn_main" in _cmdline(p)]
+    assert len(workers) == 2, f"the workers did not start: {workers}"
+    time.sleep(1.0)                              # both are inside time.sleep(120), their initializer done
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline, alive = time.time() + 20, workers
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in workers if _state(p) not in ("gone", "Z")]
+    for p in alive:                              # leave no sleeper behind when the check fails
+        os.kill(p, signal.SIGKILL)
+    assert not alive, f"workers {alive} outlived their killed parent"
+
+
+def _stat(pid) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return []
+
+
+def _state(pid: int) -> str:
+    return (_stat(pid) or ["gone"])[0]
+
+
+def _children(pid: int) -> list[int]:
+    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _stat(d.name)[1:2] == [str(pid)]]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""

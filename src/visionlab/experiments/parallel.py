@@ -12,6 +12,9 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
 from visionlab import config as C
@@ -41,8 +44,10 @@ def worker_config(cfg: C.Config, jobs: int, cores: int | None = None) -> C.Confi
 def run_in_workers(fn, calls: list[tuple], workers: int) -> list:
     """``fn(*args)`` for every ``args`` in ``calls``, started in that order, ``workers`` at a time in spawned processes
     (``fn`` is a module-level function); returns the results in order. The first failure cancels the calls not yet
-    started, lets the running ones finish (a training run is checkpointed anyway) and is raised."""
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    started, lets the running ones finish (a training run is checkpointed anyway) and is raised. A worker ends when
+    this process does (killed, not only Ctrl-C): no orphan trains on, and a rerun resumes what it left."""
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(fn, *args) for args in calls]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = next((f for f in futures if f in done and f.exception() is not None), None)
@@ -51,3 +56,14 @@ def run_in_workers(fn, calls: list[tuple], workers: int) -> list:
                 f.cancel()
             failed.result()
     return [f.result() for f in futures]
+
+
+def _die_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """In a worker: a watcher thread that terminates this process once ``parent_pid`` is no longer its parent (the
+    parent died and the worker was re-parented), so a killed `visionlab seeds/compare ... jobs=N` stops its runs."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
