@@ -48,9 +48,7 @@ class Config:
             self.model.name = DEFAULT_MODEL.get(self.task, DEFAULT_MODEL["classification"])
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "optim": OptimConfig, "train": TrainConfig,
-            "segmentation": SegmentationConfig, "detection": DetectionConfig, "fid": FidConfig, "vae": VAEConfig,
-            "dcgan": DCGANConfig, "ddpm": DDPMConfig, "ssl": SSLConfig, "dg": DGConfig}
+SECTIONS = {name: t for name, t in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(t)}   # name -> class
 # What `visionlab eval` may change besides run.EVAL_KEYS, per task: whole sections or single keys that say how a
 # run is evaluated or sampled (never its architecture).
 TASK_EVAL_KEYS = {"classification": ("train.tta_flip", "train.tta_translate"), "segmentation": ("segmentation",),
