@@ -12,6 +12,8 @@ DATA = Path(os.environ.get("VISIONLAB_DATA", ROOT.parent / "shared" / "data"))
 os.environ["VISIONLAB_DATA"] = str(DATA)
 sys.path.insert(0, str(ROOT / "src"))
 
+from visionlab.tasks.base import TRAIN_FLOPS_PER_FORWARD  # noqa: E402  (a training step costs about 3 forwards)
+
 
 def run_pipeline(config: str | None, overrides: list[str]) -> dict:
     """Train through visionlab's own pipeline (as `visionlab train` does) into a scratch folder; return summary."""
@@ -105,9 +107,6 @@ def timed_baseline_epoch(loader, model, optimizer, loss_fn, max_batches: int | N
     return n / total, 1 - step_s / total
 
 
-TRAIN_FLOPS_PER_FORWARD = 3     # a training step costs about 3 forwards (backward: gradients of inputs and weights)
-
-
 def machine_peak(seconds: float = 0.5) -> dict:
     """Measure this machine's peak FLOP/s with torch's current threads (engine.machine.measure_peak) and print it
     with the CPU model and flags: what the fractions of peak below divide by."""
@@ -134,7 +133,8 @@ def training_flop_per_s(flops_per_image: float, img_per_s: float) -> float:
 
 def run_efficiency(summary: dict, peak: dict) -> str:
     """'X GFLOP/s = Y % of the <precision> conv peak; Z % of the time outside the model step' for a pipeline run."""
-    rate = training_flop_per_s(summary["flops_per_image"], summary["timings"]["train_img_per_s"])
+    per_image = summary.get("train_flops_per_image") or TRAIN_FLOPS_PER_FORWARD * summary["flops_per_image"]
+    rate = per_image * summary["timings"]["train_img_per_s"]
     outside = summary["timings"].get("outside_step_fraction")
     return (f"{rate / 1e9:.1f} GFLOP/s = {100 * of_peak(rate, summary['precision'], peak):.1f} % of the "
             f"{summary['precision']} conv peak; "

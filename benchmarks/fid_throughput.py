@@ -4,8 +4,9 @@ in img/s against a naive per-image loop (unfused network, NCHW, one image at a t
 
     .venv/bin/python benchmarks/fid_throughput.py [n=10000] [naive=200] [threads=2] [extractors=lite0,classifier]
 Decoding the datasets is not timed (it is cached after the first run); building the classifier is (trained once).
-Last line: RESULT lite0_total_s=<a> lite0_img_s=<b> lite0_ratio=<c> classifier_total_s=<d> classifier_img_s=<e>
-           classifier_ratio=<f> cpu=<model>
+Batched extraction is also given as a fraction of the machine's measured fp32 peak (the extractor's FLOPs x img/s).
+Last line: RESULT lite0_total_s=<a> lite0_img_s=<b> lite0_ratio=<c> lite0_of_peak=<p> classifier_total_s=<d>
+           classifier_img_s=<e> classifier_ratio=<f> classifier_of_peak=<q> cpu=<model>
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import copy
 import sys
 import time
 
-from _common import DATA  # noqa: F401  (sets VISIONLAB_DATA for the real data)
+from _common import machine_peak, of_peak
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +51,11 @@ def naive_rate(spec: str, extractor, images, count: int) -> tuple[float, float]:
     return rate, float((torch.cat(out) - ref).abs().max() / ref.abs().max())
 
 
-def run_one(spec: str, n: int, naive: int) -> dict:
+def run_one(spec: str, n: int, naive: int, peak: dict) -> dict:
     from visionlab.tasks.generative.features import build_extractor, feature_stats
     from visionlab.tasks.generative.sources import load_images
     from visionlab.metrics.fid import scores
+    from visionlab.models import count_flops
 
     gen_src, ref_src = SOURCES[spec]
     gen, ref = load_images(gen_src, limit=n), load_images(ref_src, limit=n)
@@ -68,14 +70,15 @@ def run_one(spec: str, n: int, naive: int) -> dict:
     score_s = time.perf_counter() - t2
     rate = (len(gen) + len(ref)) / feat_s
     naive_img_s, diff = naive_rate(spec, ex, gen, naive)
+    frac = of_peak(count_flops(ex.module, torch.from_numpy(gen[:1])) * rate, "fp32", peak)   # the extractor runs fp32
     print(f"{spec:<10} {ex.line()}\n"
           f"           {len(gen)} ({gen_src}) vs {len(ref)} ({ref_src}): features {feat_s:.1f} s = {rate:.1f} img/s "
-          f"batched; FID+KID {score_s:.1f} s; total {feat_s + score_s:.1f} s (+ build {build_s:.1f} s)\n"
+          f"batched ({100 * frac:.1f} % of the fp32 peak); FID+KID {score_s:.1f} s; total {feat_s + score_s:.1f} s (+ build {build_s:.1f} s)\n"
           f"           naive per-image loop {naive_img_s:.1f} img/s ({naive} images) -> batched "
           f"{rate / naive_img_s:.2f}x"
           f" (max feature difference {diff:.1e} of scale)\n"
           f"           fid={res['fid']:.3f} kid={res['kid']:.5f} +- {res['kid_std']:.5f}", flush=True)
-    return {"total_s": feat_s + score_s, "img_s": rate, "ratio": rate / naive_img_s}
+    return {"total_s": feat_s + score_s, "img_s": rate, "ratio": rate / naive_img_s, "of_peak": frac}
 
 
 def main(argv: list[str]) -> None:
@@ -87,7 +90,8 @@ def main(argv: list[str]) -> None:
     info = machine_info()
     print(f"cpu: {info.get('cpu')} ({info.get('cpu_count')} cores, torch {info.get('torch')}, {threads} threads, "
           f"load {info.get('load_avg_1m')})")
-    results = {spec: run_one(spec, n, naive) for spec in kv.get("extractors", "lite0,classifier").split(",")}
+    peak = machine_peak()
+    results = {spec: run_one(spec, n, naive, peak) for spec in kv.get("extractors", "lite0,classifier").split(",")}
     fields = " ".join(f"{s}_{k}={v:.2f}" for s, r in results.items() for k, v in r.items())
     print(f"RESULT {fields} cpu={info.get('cpu', '?').replace(' ', '_')}")
 

@@ -31,7 +31,8 @@ def baseline(size: int, limit: int, workers: int, precision: str, batch: int) ->
                     T.RandomHorizontalFlip(), T.ColorJitter(0.2, 0.2, 0.2), T.ToTensor(),
                     T.Normalize([0.5] * 3, [0.25] * 3)])
     data = torchvision.datasets.ImageFolder(str(DATA / "trashnet"), transform=tf)
-    subset = torch.utils.data.Subset(data, torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:limit])
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    subset = torch.utils.data.Subset(data, order[:limit])
     loader = torch.utils.data.DataLoader(subset, batch_size=batch, shuffle=True, num_workers=workers)
     model = torchvision.models.resnet18(num_classes=6).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

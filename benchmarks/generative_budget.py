@@ -13,14 +13,14 @@ budget, one curve per model, from which a comparison's budget is chosen on the v
     .venv/bin/python benchmarks/generative_budget.py [compare=configs/compare_mnist_generative.yaml] [steps=10]
                                                      [reps=3] [threads=N]
     .venv/bin/python benchmarks/generative_budget.py runs=RUN_DIR,RUN_DIR,... [steps=10] [reps=3] [threads=N]
-Last line: RESULT <arm>_img_s=<r> <arm>_epochs=<configured> <arm>_equal_epochs=<e> ...
+Last line: RESULT <arm>_img_s=<r> <arm>_of_peak=<f> <arm>_epochs=<configured> <arm>_equal_epochs=<e> ...
 """
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from _common import ROOT, build_arm, time_arms
+from _common import ROOT, build_arm, machine_peak, of_peak, time_arms
 
 import torch
 
@@ -54,8 +54,9 @@ def main(argv: list[str]) -> None:
         torch.set_num_threads(int(kv["threads"]))
     steps, reps = int(kv.get("steps", 10)), int(kv.get("reps", 3))
     arms, baseline, source, run_dirs = _arms(kv)
-    ms = time_arms(arms, steps, reps)
     print(f"CPU: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}; {source}")
+    peak = machine_peak()
+    ms = time_arms(arms, steps, reps)
     rows, fields = {}, []
     for v, (_, loader, _, cfg) in arms.items():
         rows[v] = (1000 * cfg.train.batch_size / ms[v], len(loader) * ms[v] / 1000, cfg.train.epochs)
@@ -63,11 +64,13 @@ def main(argv: list[str]) -> None:
     print(f"budget: {baseline}'s {rows[baseline][2]} epochs = {budget:.0f} s of model steps")
     for v, (rate, epoch_s, epochs) in rows.items():
         equal = max(1, round(budget / epoch_s))
-        cfg = arms[v][3]
-        print(f"{v:>24}: task={cfg.task}, batch {cfg.train.batch_size}, {arms[v][2]}: {rate:7.0f} img/s, "
-              f"{epoch_s:6.1f} s/epoch; configured {epochs} epochs = {epochs * epoch_s:6.0f} s "
-              f"({epochs * epoch_s / budget:.2f}x the budget); equal budget: {equal} epochs")
-        fields += [f"{v}_img_s={rate:.0f}", f"{v}_epochs={epochs}", f"{v}_equal_epochs={equal}"]
+        task, _, precision, cfg = arms[v]
+        frac = of_peak(task.train_flops_per_image() * rate, precision, peak)
+        print(f"{v:>24}: task={cfg.task}, batch {cfg.train.batch_size}, {precision}: {rate:7.0f} img/s "
+              f"({100 * frac:.1f} % of peak), {epoch_s:6.1f} s/epoch; configured {epochs} epochs = "
+              f"{epochs * epoch_s:6.0f} s ({epochs * epoch_s / budget:.2f}x the budget); equal budget: {equal} epochs")
+        fields += [f"{v}_img_s={rate:.0f}", f"{v}_of_peak={frac:.3f}", f"{v}_epochs={epochs}",
+                   f"{v}_equal_epochs={equal}"]
     if run_dirs:
         print("validation FID against the budget (model-step seconds at this run's measured speed):")
         for v, run_dir in run_dirs.items():

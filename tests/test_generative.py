@@ -112,6 +112,28 @@ def test_gan_steps_both_optimizers_itself():
 
 
 
+@pytest.mark.parametrize("name", ["vae", "dcgan", "ddpm"])
+@pytest.mark.parametrize("conditional", [False, True])
+def test_train_flops_per_image_matches_a_counted_training_step(name, conditional):
+    """The FLOPs a task says one training image costs (the benchmarks' fraction of peak divides by them) against
+    torch's FlopCounterMode around a real step, backward included: a GAN's 3 G + 9 D forwards, a VAE's encoder and
+    decoder, a DDPM's 3 U-Net forwards. The count is a little higher than the step's (autograd skips the gradient of
+    the images themselves)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    task = _task(name, f"{name}.width=8", f"{name}.conditional={str(conditional).lower()}")
+    if task.manual_optimization:
+        task.optimizers = {k: torch.optim.SGD(g, lr=0.0) for k, g in task.optimizer_groups(C.OptimConfig()).items()}
+    images = torch.randint(0, 256, (16, 28, 28, 1), dtype=torch.uint8)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = task.training_step((images, torch.arange(16) % 10))
+        if not task.manual_optimization:
+            out["loss"].backward()
+    ratio = counter.get_total_flops() / 16 / task.train_flops_per_image()
+    assert 0.8 < ratio <= 1.0, ratio
+
+
 def _gan_step_params(scaler, seed: int = 0) -> tuple[dict, dict]:
     """One seeded GAN step (both optimizers) with ``scaler`` as the run's fp16 loss scaler; the float parameters
     before and after."""

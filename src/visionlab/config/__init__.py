@@ -48,7 +48,7 @@ class Config:
             self.model.name = DEFAULT_MODEL.get(self.task, DEFAULT_MODEL["classification"])
 
 
-SECTIONS = {name: t for name, t in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(t)}   # name -> class
+SECTIONS = {name: t for name, t in typing.get_type_hints(Config).items() if dataclasses.is_dataclass(t)}  # -> class
 # What `visionlab eval` may change besides run.EVAL_KEYS, per task: whole sections or single keys that say how a
 # run is evaluated or sampled (never its architecture).
 TASK_EVAL_KEYS = {"classification": ("train.tta_flip", "train.tta_translate"), "segmentation": ("segmentation",),

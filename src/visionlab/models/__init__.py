@@ -166,8 +166,9 @@ def flops_per_image(model: nn.Module, in_channels: int, image_size: tuple[int, i
     return count_flops(model, x)
 
 
-def count_flops(model: nn.Module, *inputs) -> int:
-    """Forward FLOPs of ``model(*inputs)`` in eval mode (multiply-add = 2 FLOPs), by torch's FlopCounterMode."""
+def count_flops(model: nn.Module, *inputs, method: str = "__call__") -> int:
+    """Forward FLOPs of ``model(*inputs)`` in eval mode (multiply-add = 2 FLOPs), by torch's FlopCounterMode;
+    ``method`` names another entry point (e.g. a VAE's ``encode``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = model.training
@@ -175,7 +176,7 @@ def count_flops(model: nn.Module, *inputs) -> int:
     device = next(model.parameters()).device
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        model(*[x.to(device) if torch.is_tensor(x) else x for x in inputs])
+        getattr(model, method)(*[x.to(device) if torch.is_tensor(x) else x for x in inputs])
     model.train(was_training)
     return int(counter.get_total_flops())
 

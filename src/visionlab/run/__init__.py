@@ -178,7 +178,7 @@ def _test_summary(task, state, splits, cfg: C.Config, run_dir: Path, device, pre
     info, (metric, mode) = task.info, task.primary_metric
     summary = {"task": cfg.task, "primary_metric": metric, "mode": mode, "dataset": cfg.data.name,
                "model": cfg.model.name, "classes": info.classes, "params": count_params(task.model),
-               "flops_per_image": task.flops_per_image(),
+               "flops_per_image": task.flops_per_image(), "train_flops_per_image": task.train_flops_per_image(),
                "best_epoch": state.best_epoch, "epochs_run": state.epoch, f"best/{metric}": state.best,
                "device": str(device), "precision": precision, "data_source": splits.source,
                "train_size": len(splits.train), "val_size": len(splits.val) if splits.val else 0,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+TRAIN_FLOPS_PER_FORWARD = 3     # a training step costs about 3 forwards (backward: gradients of inputs and weights)
 
 @dataclass
 class Prediction:
@@ -142,6 +143,12 @@ class Task:
         from ..models import flops_per_image
 
         return flops_per_image(self.model, self.info.channels, self.input_size)
+
+    def train_flops_per_image(self) -> int:
+        """FLOPs of one training step per image: the forward and a backward of about twice its cost (gradients of
+        inputs and weights), 3x ``flops_per_image``; a task whose step runs other networks or several passes says
+        its own (the fraction-of-peak figures of the benchmarks divide by it)."""
+        return TRAIN_FLOPS_PER_FORWARD * self.flops_per_image()
 
     def epoch_images(self) -> dict:
         """name -> uint8 [H, W, C] pictures of progress, written after every epoch as samples/<name>-epochNNN.png

@@ -142,7 +142,7 @@ class GenerativeTask(Task):
         return self._extractor
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Extractor features in fp32 whatever the evaluation's autocast (the extractor is pinned, its precision too)."""
+        """Extractor features in fp32 under any autocast (the extractor and its precision are pinned)."""
         with _full_precision():
             return self.extractor.features(images)
 

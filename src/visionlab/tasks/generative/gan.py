@@ -48,6 +48,16 @@ class DCGANTask(GenerativeTask):
         return {"loss": (d_loss + g_loss).detach(), "d_loss": d_loss.detach(), "g_loss": g_loss.detach(),
                 "d_real": torch.sigmoid(d_real).mean().detach(), "d_fake": torch.sigmoid(d_fake).mean().detach()}
 
+    def train_flops_per_image(self) -> int:
+        """Per real image: G forward; D forward on the real, the detached fake and the fake again (3 D forwards);
+        the D step's backward through both D passes and the G step's through D and G (backward = 2x forward):
+        3 G + 9 D forwards."""
+        from ...models import count_flops
+
+        image = torch.zeros(1, self.info.channels, *self.input_size)
+        d = count_flops(self.discriminator, image, *self._labels_example(1).values())
+        return 3 * self.flops_per_image() + 9 * d
+
     def sample(self, n, generator, labels, steps=None):
         return self.generator(self.noise((n, self.generator.latent_dim), generator), labels)
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...models.generative import ConvVAE
-from ..base import Prediction
+from ..base import TRAIN_FLOPS_PER_FORWARD, Prediction
 from .base import GenerativeTask, make_grid, to_model, to_uint8
 from .checks import check_generative
 
@@ -81,6 +81,14 @@ class VAETask(GenerativeTask):
         rows = [to_uint8(self.vae(mu[i] * (1 - steps) + mu[i + 1] * steps)).cpu() for i in range(0, 8, 2)]
         out["interpolations"] = make_grid(torch.cat(rows), rows=4)
         return out
+
+    def train_flops_per_image(self) -> int:
+        """Encoder and decoder, forward and backward (3x)."""
+        from ...models import count_flops
+
+        x = torch.zeros(1, self.info.channels, *self.input_size)
+        encode = count_flops(self.vae, x, *self._labels_example(1).values(), method="encode")
+        return TRAIN_FLOPS_PER_FORWARD * (encode + self.flops_per_image())
 
     def export_example(self, batch: int = 2) -> dict:
         return {"z": torch.randn(batch, self.vae.latent_dim), **self._labels_example(batch)}
