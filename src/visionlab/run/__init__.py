@@ -25,8 +25,8 @@ from ..engine.rundir import check_name, new_run_dir, versions, write_env, write_
 from ..models import count_params
 from ..tasks import TASKS, default_image_size
 from ..utils import ConfigError, UserError, atomic_write_text, resolve_device, seed_everything, write_json, write_png
-from .loaded import (EVAL_KEYS, RUNTIME_KEYS, LoadedRun, _key, add_generated, eval_overrides, generate, load_run,
-                     predict, predict_batch)
+from .loaded import (EVAL_KEYS, RUNTIME_KEYS, LoadedRun, add_generated, eval_overrides, generate, load_run,
+                     override_key, predict, predict_batch)
 
 __all__ = ["RunResult", "train", "evaluate", "test_key", "EVAL_KEYS", "RUNTIME_KEYS", "LoadedRun", "load_run",
            "eval_overrides", "predict", "predict_batch", "generate", "add_generated"]
@@ -160,7 +160,7 @@ def evaluate(run_dir: str | Path, split: str = "test", overrides: list[str] | No
         info = replace(info, image_size=new.image_size, preprocess=new.preprocess)
     metrics = _evaluate_split(run.task, run.run_dir, part, run.cfg, info, run.device, run.precision,
                               keep_errors=False)
-    changed = [o for o in overrides or [] if _key(o) not in RUNTIME_KEYS]
+    changed = [o for o in overrides or [] if override_key(o) not in RUNTIME_KEYS]
     name = f"{split}-{tag or 'custom'}" if changed or tag else split
     out = {f"{name}/{k}": v for k, v in metrics.items()}
     if changed:

@@ -64,14 +64,14 @@ def eval_overrides(cfg: C.Config, overrides: list[str]) -> C.Config:
     allowed = set(EVAL_KEYS)
     for part in C.TASK_EVAL_KEYS.get(cfg.task, ()):
         allowed |= {part} if "." in part else {k for k, *_ in C.fields_table(C.SECTIONS[part], part + ".")}
-    for key in map(_key, overrides):
+    for key in map(override_key, overrides):
         if key not in allowed:
             raise ConfigError(f"{key} cannot change at evaluation (it changes what was trained); keys that can: "
                               f"{', '.join(sorted(allowed))}")
     return C.as_config(cfg, overrides)
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
     """'data.image_size=0' -> 'data.image_size'."""
     return override.split("=", 1)[0].strip()
 
