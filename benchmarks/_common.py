@@ -12,8 +12,6 @@ DATA = Path(os.environ.get("VISIONLAB_DATA", ROOT.parent / "shared" / "data"))
 os.environ["VISIONLAB_DATA"] = str(DATA)
 sys.path.insert(0, str(ROOT / "src"))
 
-from visionlab.tasks.base import TRAIN_FLOPS_PER_FORWARD  # noqa: E402  (a training step costs about 3 forwards)
-
 
 def run_pipeline(config: str | None, overrides: list[str]) -> dict:
     """Train through visionlab's own pipeline (as `visionlab train` does) into a scratch folder; return summary."""
@@ -128,13 +126,16 @@ def of_peak(flop_per_s: float, precision: str, peak: dict) -> float:
 
 def training_flop_per_s(flops_per_image: float, img_per_s: float) -> float:
     """FLOP/s a training run achieved: forward FLOPs per image (summary.json) x 3 x images per second."""
+    from visionlab.tasks.base import TRAIN_FLOPS_PER_FORWARD
+
     return TRAIN_FLOPS_PER_FORWARD * flops_per_image * img_per_s
 
 
 def run_efficiency(summary: dict, peak: dict) -> str:
     """'X GFLOP/s = Y % of the <precision> conv peak; Z % of the time outside the model step' for a pipeline run."""
-    per_image = summary.get("train_flops_per_image") or TRAIN_FLOPS_PER_FORWARD * summary["flops_per_image"]
-    rate = per_image * summary["timings"]["train_img_per_s"]
+    img_per_s = summary["timings"]["train_img_per_s"]
+    rate = (summary["train_flops_per_image"] * img_per_s if summary.get("train_flops_per_image")
+            else training_flop_per_s(summary["flops_per_image"], img_per_s))      # a summary from before the key
     outside = summary["timings"].get("outside_step_fraction")
     return (f"{rate / 1e9:.1f} GFLOP/s = {100 * of_peak(rate, summary['precision'], peak):.1f} % of the "
             f"{summary['precision']} conv peak; "

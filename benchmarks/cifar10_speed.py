@@ -23,9 +23,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from _common import ROOT, TRAIN_FLOPS_PER_FORWARD, machine_peak, of_peak, training_flop_per_s
+from _common import ROOT, machine_peak, of_peak, training_flop_per_s
 
 import torch
+
+from visionlab.tasks.base import TRAIN_FLOPS_PER_FORWARD
 
 CONFIG = ROOT / "configs" / "cifar10_speed.yaml"
 

@@ -73,7 +73,8 @@ def run_one(spec: str, n: int, naive: int, peak: dict) -> dict:
     frac = of_peak(count_flops(ex.module, torch.from_numpy(gen[:1])) * rate, "fp32", peak)   # the extractor runs fp32
     print(f"{spec:<10} {ex.line()}\n"
           f"           {len(gen)} ({gen_src}) vs {len(ref)} ({ref_src}): features {feat_s:.1f} s = {rate:.1f} img/s "
-          f"batched ({100 * frac:.1f} % of the fp32 peak); FID+KID {score_s:.1f} s; total {feat_s + score_s:.1f} s (+ build {build_s:.1f} s)\n"
+          f"batched ({100 * frac:.1f} % of the fp32 peak); FID+KID {score_s:.1f} s; total {feat_s + score_s:.1f} s "
+          f"(+ build {build_s:.1f} s)\n"
           f"           naive per-image loop {naive_img_s:.1f} img/s ({naive} images) -> batched "
           f"{rate / naive_img_s:.2f}x"
           f" (max feature difference {diff:.1e} of scale)\n"

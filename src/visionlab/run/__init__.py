@@ -23,10 +23,10 @@ from ..engine import lock as run_lock
 from ..engine.resume import asked_keys, find_resume_dir, restore_run, resume_config
 from ..engine.rundir import check_name, new_run_dir, versions, write_env, write_status
 from ..models import count_params
-from ..tasks import TASKS, default_image_size
+from ..tasks import default_image_size
 from ..utils import ConfigError, UserError, atomic_write_text, resolve_device, seed_everything, write_json, write_png
-from .loaded import (EVAL_KEYS, RUNTIME_KEYS, LoadedRun, add_generated, eval_overrides, generate, load_run,
-                     override_key, predict, predict_batch)
+from .loaded import (EVAL_KEYS, RUNTIME_KEYS, LoadedRun, add_generated, build_task, eval_overrides, generate,
+                     load_run, override_key, predict, predict_batch)
 
 __all__ = ["RunResult", "train", "evaluate", "test_key", "EVAL_KEYS", "RUNTIME_KEYS", "LoadedRun", "load_run",
            "eval_overrides", "predict", "predict_batch", "generate", "add_generated"]
@@ -124,15 +124,13 @@ def _build_data(cfg: C.Config, run_dir: Path | None, new_run: bool):
 
 
 def _build_task(cfg: C.Config, splits, gen: torch.Generator, dist, device):
-    """The configured task with its model(s) on ``device`` (channels-last when asked)."""
-    task = TASKS.get(cfg.task)(cfg, splits.info(), gen)
+    """The configured task on ``device`` (loaded.build_task), refused under data parallelism when it steps its own
+    optimizers."""
+    task = build_task(cfg, splits.info(), gen, device)
     if dist.enabled and task.manual_optimization:
         # the task steps its own optimizers on the unwrapped networks, which DDP would not synchronise
         raise ConfigError(f"task={cfg.task} steps several optimizers itself (dcgan, ssl.method=mpl), which "
                           "data parallelism does not support yet: train it in one process (without torchrun)")
-    task.model.to(device)
-    if cfg.train.channels_last:
-        task.model.to(memory_format=torch.channels_last)
     return task
 
 

@@ -51,12 +51,20 @@ def load_run(run_dir: str | Path, device: str = "auto", overrides: list[str] | N
         cfg = eval_overrides(cfg, overrides)
     info = DataInfo.from_dict(ckpt["sidecar"]["data"])
     dev = resolve_device(device)
-    task = TASKS.get(cfg.task)(cfg, info, torch.Generator())
+    task = build_task(cfg, info, torch.Generator(), dev)
     task.model.load_state_dict(ckpt["weights"])
-    task.model.to(dev).eval()
-    if cfg.train.channels_last:          # the batch transforms emit channels_last; NCHW weights would convert per layer
-        task.model.to(memory_format=torch.channels_last)
+    task.model.eval()
     return LoadedRun(run_dir, cfg, info, task, dev, resolve_precision(cfg.train.precision, dev))
+
+
+def build_task(cfg: C.Config, info: DataInfo, generator: torch.Generator, device: torch.device):
+    """The configured task with its model(s) on ``device``, channels-last when the run says so (the batch transforms
+    emit channels_last; NCHW weights would convert per layer): what training and a loaded run both start from."""
+    task = TASKS.get(cfg.task)(cfg, info, generator)
+    task.model.to(device)
+    if cfg.train.channels_last:
+        task.model.to(memory_format=torch.channels_last)
+    return task
 
 
 def eval_overrides(cfg: C.Config, overrides: list[str]) -> C.Config:
