@@ -1,12 +1,15 @@
-"""What this machine is and what it can do: the CPU's model and flags (recorded in every run's env.json) and its
-measured peak FLOP/s for a matmul and a 3x3 convolution in fp32 and bf16 (what benchmarks divide achieved FLOP/s by).
+"""What this machine is and what it can do: the CPU's model and flags (recorded in every run's env.json), its
+measured peak FLOP/s for a matmul and a 3x3 convolution in fp32 and bf16 (what benchmarks divide achieved FLOP/s by),
+and how the C allocator keeps the memory a CPU training step frees (``keep_freed_memory``).
 
 Absolute img/s differ 3x between the machines we run on; a fraction of the machine's own measured peak does not.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
+import sys
 import time
 from functools import lru_cache
 
@@ -67,3 +70,30 @@ def measure_peak(seconds: float = 0.5, matmul_n: int = 2048, conv_shape: tuple =
 def peak_for(peak: dict, precision: str) -> float:
     """The conv peak that bounds a training run in ``precision`` (fp32 unless bf16 was measured and used)."""
     return peak.get("conv_bf16", peak["conv_fp32"]) if precision == "bf16" else peak["conv_fp32"]
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4         # glibc's mallopt parameters (malloc.h)
+_malloc_mode: str | None = None
+
+
+def keep_freed_memory() -> str:
+    """Make glibc's malloc keep the memory a training step frees, for the next step to reuse; returns the mode now in
+    force, "keep" or "system" (recorded in env.json as "malloc").
+
+    By default glibc serves every block over 32 MB with its own mmap and unmaps it on free; a CPU training step at a
+    large batch frees its activations (airbench94 at batch 1024: 30-130 MB each) and the next step maps them afresh,
+    so the kernel zero-fills every page again, on every step (aten::fill_ and first touches in the profile).
+    Turning that off (no mmap for big blocks, no trimming of the heap's top) leaves the process holding its peak
+    memory, as PyTorch's CUDA caching allocator does on a GPU. Once per process; Linux with glibc only (elsewhere
+    "system"). ``VISIONLAB_MALLOC=system`` keeps glibc's defaults (benchmarks/malloc_keep.py measures both)."""
+    global _malloc_mode
+    if _malloc_mode is None:
+        _malloc_mode = "system"
+        if os.environ.get("VISIONLAB_MALLOC", "keep") != "system" and sys.platform == "linux":
+            try:
+                libc = ctypes.CDLL(None)
+                ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1
+            except (OSError, AttributeError):   # not glibc (musl has no mallopt)
+                ok = False
+            _malloc_mode = "keep" if ok else "system"
+    return _malloc_mode

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..utils import ConfigError, read_json, write_json
-from .machine import cpu_info
+from .machine import cpu_info, keep_freed_memory
 
 # the password of a URL's user info: scheme://user:PASSWORD@host
 # (greedy up to the last @ of the word: a password with a raw @ is hidden whole, at worst with part of the host)
@@ -88,7 +88,7 @@ def write_env(run_dir: Path, device: torch.device, precision: str) -> None:
     write_json(run_dir / "env.json", {
         "versions": versions(), "git_sha": git_sha(), "argv": [mask_secrets(a) for a in sys.argv], "cwd": os.getcwd(),
         "device": str(device), "precision": precision, "threads": torch.get_num_threads(),
-        "cpu": cpu_info(), "platform": platform.platform(),
+        "cpu": cpu_info(), "malloc": keep_freed_memory(), "platform": platform.platform(),
         "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None,
     })
 

@@ -19,6 +19,7 @@ from ..engine import (FitContext, build_optimizer, build_scheduler, evaluate as 
                       load_checkpoint, resolve_precision, using_model)
 from ..engine import distributed
 from ..engine.averaging import build_averaging
+from ..engine.machine import keep_freed_memory
 from ..engine import lock as run_lock
 from ..engine.resume import asked_keys, find_resume_dir, restore_run, resume_config
 from ..engine.rundir import check_name, new_run_dir, versions, write_env, write_status
@@ -63,6 +64,7 @@ def train(cfg: C.Config | dict | str | Path | None = None, overrides: list[str] 
         cfg, changes = resume_config(resume_dir, cfg, asked)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    keep_freed_memory()                         # the next step reuses what this one frees (engine/machine.py)
     dist, device = distributed.setup(resolve_device(cfg.train.device))
     precision = resolve_precision(cfg.train.precision, device)
     run_dir, lock = _open_run_dir(cfg, resume_dir) if dist.main else (None, None)
