@@ -242,3 +242,20 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError):
         return b""
+
+
+def test_compare_table_prints_differences_as_the_metric_prints():
+    from visionlab.experiments import stats
+    from visionlab.experiments.compare import results_table
+
+    def table(metric, task, base, other):
+        data = {"metric": metric, "task": task, "baseline": "a",
+                "variants": {"a": {"stats": stats.describe(list(base.values()))},
+                             "b": {"stats": stats.describe(list(other.values()))}},
+                "comparisons": {"b": stats.compare_to_baseline(base, other)}}
+        return dict(zip(results_table(data)[0], results_table(data)[1][1]))
+
+    fid = table("test/fid", "ddpm", {0: 801.2, 1: 770.0, 2: 832.4}, {0: 641.0, 1: 620.3, 2: 661.7})
+    assert fid["mean \u00b1 std"] == "641 \u00b1 20.7" and fid["\u0394 vs a (paired)"] == "-160.2"
+    acc = table("test/acc", "classification", {0: 0.5, 1: 0.52}, {0: 0.55, 1: 0.58})
+    assert acc["\u0394 vs a (paired)"] == "+5.50 pp"

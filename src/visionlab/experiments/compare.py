@@ -151,15 +151,15 @@ def analyze(parent: Path, meta: dict) -> dict:
 # ---------------------------------------------------------------- rendering
 
 def metric_kind(metric: str, task: str | None = None) -> str:
-    """Fractions (accuracy, IoU) print as percent (differences in percentage points); anything else with 4
-    decimals; as the task's report prints them."""
+    """Fractions (accuracy, IoU) print as percent (differences in percentage points); anything else as the task's
+    report prints it (FID with 4 significant digits, a loss with 4 decimals), its differences alike."""
     return P.metric_kind(metric, task)
 
 
 def results_table(data: dict) -> tuple[list[str], list[list[str]]]:
     """The comparison table: per variant mean +- std, 95 % CI, difference to the baseline, its CI and p-values."""
     kind = metric_kind(data["metric"], data.get("task"))
-    dkind = "pp" if kind == "pct" else "f4"
+    dkind = "pp" if kind == "pct" else kind       # a difference prints as its metric does (FID: 1 decimal)
     header = ["variant", "n", "mean \u00b1 std", "95% CI", f"\u0394 vs {data['baseline']} (paired)",
               "\u0394 95% CI", "pairs", "p (paired t)", "p (Welch)"]
     rows = []
