@@ -150,6 +150,7 @@ def evaluate(run_dir: str | Path, split: str = "test", overrides: list[str] | No
     run = load_run(run_dir, overrides=overrides)
     if run.cfg.train.threads:
         torch.set_num_threads(run.cfg.train.threads)
+    keep_freed_memory()                         # big eval batches reuse their memory, as in training
     splits = build_splits(run.cfg.data)
     part = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
     if part is None:
