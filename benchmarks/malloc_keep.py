@@ -9,7 +9,7 @@ fetched before the clock starts: the bare model step), minor page faults per ste
 of the measured conv peak, and the process's peak memory (what keeping costs).
 
     .venv/bin/python benchmarks/malloc_keep.py [config=configs/cifar10_speed.yaml] [steps=3] [reps=3] [threads=N]
-        [KEY=VALUE ...]
+        [KEY=VALUE ...]        # e.g. data.limit=5120: each process then loads 5,120 images instead of 50,000
 Last line: RESULT ratio=<system ms / keep ms> keep_ms=<a> system_ms=<b> keep_faults=<c> system_faults=<d>
     keep_of_peak=<e> keep_rss_mb=<f> system_rss_mb=<g>
 """
