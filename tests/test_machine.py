@@ -74,3 +74,13 @@ def test_kept_memory_is_reused_without_page_faults_and_system_mode_opts_out():
     assert min(system[1:]) > 0.5 * 128 * 64 * 32 * 32 * 4 / 4096
     # kept: after the first step the memory is reused (the occasional step still grows the heap)
     assert sum(keep[1:]) < 0.2 * sum(system[1:])
+
+
+def test_an_unknown_malloc_mode_names_the_two_there_are(monkeypatch):
+    from visionlab.utils import UserError
+
+    monkeypatch.setattr(machine, "_malloc_mode", None)          # not applied yet in this process
+    monkeypatch.setenv("VISIONLAB_MALLOC", "sytem")
+    with pytest.raises(UserError, match="use keep .* or system"):
+        machine.keep_freed_memory()
+    assert machine._malloc_mode is None                           # nothing was set

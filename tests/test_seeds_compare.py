@@ -253,7 +253,8 @@ def test_compare_table_prints_differences_as_the_metric_prints():
                 "variants": {"a": {"stats": stats.describe(list(base.values()))},
                              "b": {"stats": stats.describe(list(other.values()))}},
                 "comparisons": {"b": stats.compare_to_baseline(base, other)}}
-        return dict(zip(results_table(data)[0], results_table(data)[1][1]))
+        header, rows = results_table(data)
+        return dict(zip(header, rows[1]))
 
     fid = table("test/fid", "ddpm", {0: 801.2, 1: 770.0, 2: 832.4}, {0: 641.0, 1: 620.3, 2: 661.7})
     assert fid["mean \u00b1 std"] == "641 \u00b1 20.7" and fid["\u0394 vs a (paired)"] == "-160.2"

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import torch
 
-from ..utils import cpu_flags, cpu_model
+from ..utils import UserError, cpu_flags, cpu_model
 from .precision import cpu_supports_bf16
 
 # CPU flags that decide which kernels PyTorch can use (the rest of /proc/cpuinfo's long list is noise here)
@@ -88,8 +88,11 @@ def keep_freed_memory() -> str:
     "system"). ``VISIONLAB_MALLOC=system`` keeps glibc's defaults (benchmarks/malloc_keep.py measures both)."""
     global _malloc_mode
     if _malloc_mode is None:
+        asked = os.environ.get("VISIONLAB_MALLOC", "keep")
+        if asked not in ("keep", "system"):
+            raise UserError(f"VISIONLAB_MALLOC={asked!r}: use keep (the default) or system (glibc's own settings)")
         _malloc_mode = "system"
-        if os.environ.get("VISIONLAB_MALLOC", "keep") != "system" and sys.platform == "linux":
+        if asked == "keep" and sys.platform == "linux":
             try:
                 libc = ctypes.CDLL(None)
                 ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1

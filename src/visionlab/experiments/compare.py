@@ -159,7 +159,7 @@ def metric_kind(metric: str, task: str | None = None) -> str:
 def results_table(data: dict) -> tuple[list[str], list[list[str]]]:
     """The comparison table: per variant mean +- std, 95 % CI, difference to the baseline, its CI and p-values."""
     kind = metric_kind(data["metric"], data.get("task"))
-    dkind = "pp" if kind == "pct" else kind       # a difference prints as its metric does (FID: 1 decimal)
+    dkind = "pp" if kind == "pct" else kind       # a difference prints as its metric does (FID: 4 significant digits)
     header = ["variant", "n", "mean \u00b1 std", "95% CI", f"\u0394 vs {data['baseline']} (paired)",
               "\u0394 95% CI", "pairs", "p (paired t)", "p (Welch)"]
     rows = []
